@@ -1,0 +1,40 @@
+# The two commands of the README: `make run` and `make test`. Each creates or reuses .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_BUNDLE ?= bundles/demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test install lint bundle clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 first: on these machines it is a local CPU wheel, and the range in
+# pyproject.toml then installs nothing more (a newer torch would pull GBs of CUDA).
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[train,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Build the demo bundle once (quick presets on the vendored Beauty data), then serve it.
+run: $(VENV)/.installed
+	@test -f $(DEMO_BUNDLE)/manifest.json || $(BIN)/lmindexer build-demo --out $(DEMO_BUNDLE)
+	$(BIN)/lmindexer serve --bundle $(DEMO_BUNDLE)
+
+bundle: $(VENV)/.installed
+	$(BIN)/lmindexer build-demo --out $(DEMO_BUNDLE)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
