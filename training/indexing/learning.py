@@ -83,7 +83,8 @@ class LearnedCodes:
             raise ValueError(f"codes must be (N, L), got shape {self.codes.shape}")
         if self.codes.shape[1] != len(self.codebook_sizes):
             raise ValueError(
-                f"{self.codes.shape[1]} code columns but {len(self.codebook_sizes)} codebook sizes")
+                f"{self.codes.shape[1]} code columns but {len(self.codebook_sizes)} codebook sizes"
+            )
         self.codebook_sizes = tuple(int(k) for k in self.codebook_sizes)
         if self.codes.size:
             low = self.codes.min(axis=0)
@@ -226,12 +227,15 @@ def learn_ids(
         learn_seconds = time.perf_counter() - started
         if learned.codes.shape[0] != len(documents):
             raise RuntimeError(
-                f"{method} returned {learned.codes.shape[0]} code rows for {len(documents)} documents")
+                f"{method} returned {learned.codes.shape[0]} code rows for {len(documents)} documents"
+            )
         table = assign_semantic_ids(learned.codes, [doc.doc_id for doc in documents])
         write_ids_jsonl(stage / IDS_FILE, table.doc_ids, table.semantic_ids)
         metrics = code_diagnostics(learned.codes, learned.codebook_sizes, labels=labels)
-        metrics["wall_seconds"] = {"learn": round(learn_seconds, 3),
-                                   "total": round(time.perf_counter() - started, 3)}
+        metrics["wall_seconds"] = {
+            "learn": round(learn_seconds, 3),
+            "total": round(time.perf_counter() - started, 3),
+        }
         metrics["method"] = _json_ready(learned.diagnostics)
         write_json_atomic(stage / METRICS_FILE, _json_ready(metrics))
         record = {
@@ -248,6 +252,12 @@ def learn_ids(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json_atomic(stage / RUN_FILE, _json_ready(record))
-    logger.info("wrote %s (%d documents, L=%d, K=%s, counter size %d)", out_dir, len(documents),
-                record["num_levels"], record["codebook_sizes"], record["counter_size"])
+    logger.info(
+        "wrote %s (%d documents, L=%d, K=%s, counter size %d)",
+        out_dir,
+        len(documents),
+        record["num_levels"],
+        record["codebook_sizes"],
+        record["counter_size"],
+    )
     return record
