@@ -1,0 +1,192 @@
+"""The FastAPI application: app factory, lifespan, error handlers, and the HTTP middleware.
+
+The middleware (plain ASGI, cheaper than BaseHTTPMiddleware) gives every response an
+``X-Request-ID``, enforces ``max_body_bytes`` (413), records the request metrics by route template,
+and writes one JSON access-log line per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.components import Components
+from service.errors import OverloadedError, PayloadTooLargeError, ServiceError
+from service.logs import request_id_var
+from service.metrics import Metrics
+from service.routes import router
+from service.settings import ServiceSettings, unknown_environment_keys
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("service.access")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def error_body(message: str, error_type: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The one error body shape (service.errors documents it)."""
+    return {"error": message, "error_type": error_type, "request_id": request_id_var.get(),
+            "details": details or []}
+
+
+def _error_response(app: FastAPI, status: int, message: str, error_type: str,
+                    details: list[dict[str, Any]] | None = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    metrics: Metrics = app.state.metrics
+    metrics.errors.labels(error_type=error_type).inc()
+    return JSONResponse(error_body(message, error_type, details), status_code=status, headers=headers)
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    details = []
+    for error in exc.errors():
+        # Only loc/msg/type: `input` may be huge and `ctx` may hold exception objects.
+        details.append({"loc": [str(p) for p in error.get("loc", ())], "msg": str(error.get("msg", "")),
+                        "type": str(error.get("type", ""))})
+    if any(d["type"] == "json_invalid" for d in details):
+        return "the request body is not valid JSON", details
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(p for p in first["loc"] if p != "body") or "body"
+    more = f" (and {len(details) - 1} more problem(s))" if len(details) > 1 else ""
+    return f"invalid request: {where}: {first['msg']}{more}", details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error to the one JSON body shape."""
+
+    @app.exception_handler(ServiceError)
+    async def handle_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        retry_after = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None and exc.status_code in (429, 503) \
+            else None
+        if exc.status_code >= 500 and exc.status_code != 503:
+            logger.error("request failed: %s", exc.message)
+        return _error_response(app, exc.status_code, exc.message, exc.error_type, exc.details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, details = _validation_details(exc)
+        return _error_response(app, 422, message, "validation_error", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            exc.status_code, "http_error")
+        return _error_response(app, exc.status_code, str(exc.detail), error_type,
+                               headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error")
+        return _error_response(app, 500, "internal error; see the service log for this request id", "internal")
+
+
+class HttpEdgeMiddleware:
+    """Request id, body-size limit, request metrics and the access log, for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex[:16]
+        token = request_id_var.set(request_id)
+        status = 500
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        try:
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                await self._too_large(send_with_id)
+            else:
+                await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint=endpoint).observe(elapsed)
+            if endpoint != "/metrics":
+                access_logger.info("%s %s %d", scope["method"], scope["path"], status,
+                                   extra={"endpoint": endpoint, "status": status,
+                                          "duration_ms": round(elapsed * 1000, 3)})
+            request_id_var.reset(token)
+
+    async def _too_large(self, send: Send) -> None:
+        body = JSONResponse(error_body(f"request body over {self.max_body_bytes} bytes", "payload_too_large"),
+                            status_code=413)
+        self.metrics.errors.labels(error_type="payload_too_large").inc()
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
+
+    def _limited(self, receive: Receive) -> Receive:
+        """A receive that raises PayloadTooLargeError once a chunked body passes the limit."""
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise PayloadTooLargeError(f"request body over {self.max_body_bytes} bytes")
+            return message
+
+        return limited
+
+
+def create_app(settings: ServiceSettings | None = None, *, components: Components | None = None) -> FastAPI:
+    """Build the app. Heavy resources are built in the lifespan, or injected (tests) via ``components``."""
+    settings = settings or (components.settings if components is not None else ServiceSettings())  # type: ignore[call-arg]
+    metrics = components.metrics if components is not None else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        unknown = unknown_environment_keys()
+        if unknown:
+            logger.warning("ignoring unknown LMINDEXER_* environment variables (typos?): %s", unknown)
+        if settings.api_key is None:
+            logger.warning("LMINDEXER_API_KEY is not set: POST /index-documents is open to every client")
+        app.state.components = components or await Components.start(settings, metrics)
+        try:
+            yield
+        finally:
+            if components is None:  # only close what we opened
+                await app.state.components.stop()
+
+    app = FastAPI(title="lmindexer", version="0.1.0", lifespan=lifespan,
+                  description="Retrieval and recommendation with semantic IDs (constrained beam search).",
+                  responses={422: {"description": "Invalid request"}})
+    app.state.metrics = metrics
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(HttpEdgeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+__all__ = ["HttpEdgeMiddleware", "OverloadedError", "create_app", "error_body", "install_error_handlers"]

@@ -1,0 +1,402 @@
+"""The engine: search, recommend, index documents, look documents up. No HTTP here.
+
+Request flow (docs/service.md has the picture):
+    route -> Engine.search -> CachedRanker.rank (Redis, keyed by index version)
+          -> ModelRanker.rank -> MicroBatcher.submit -> worker thread:
+             encoder once per query, then trie.constrained_beam_search with the decoder as step_fn
+Blocking work (onnxruntime, beam search, SQLite) runs only in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.batching import MicroBatcher
+from service.errors import (
+    BadRequestError,
+    ConflictError,
+    IndexFullError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceError,
+)
+from service.index import IndexedDocument, LiveIndex, NewDocument, UpdateOutcome
+from service.metrics import Metrics
+from service.model import Encoded, OnnxModel
+from trie import constrained_beam_search
+
+logger = logging.getLogger(__name__)
+
+# Last-level codes kept per new document, so a full counter space falls back to the next prefix.
+FALLBACK_PREFIXES = 16
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The top-k documents for one model input, as a JSON array of hits (ready to send or cache)."""
+
+    results_json: bytes
+    index_version: int
+    cached: bool = False
+
+
+class Ranker(Protocol):
+    """Rank documents for a (normalised) model input."""
+
+    @property
+    def index_version(self) -> int: ...
+
+    async def rank(self, model: str, text: str, k: int) -> Ranking: ...
+
+
+class DocumentSource(Protocol):
+    """Look a document up by doc_id."""
+
+    @property
+    def index_version(self) -> int: ...
+
+    async def document_json(self, doc_id: str) -> bytes | None: ...
+
+
+class IndexWriter(Protocol):
+    """Apply index updates durably (locally, or through the Redis stream to every replica)."""
+
+    async def write(self, documents: list[NewDocument]) -> UpdateOutcome: ...
+
+
+@dataclass(frozen=True)
+class _Query:
+    text: str
+    k: int
+
+
+def normalise_text(text: str) -> str:
+    """Collapse whitespace runs: the tokenizers split on whitespace anyway, so the model input and
+    the cache key stay the same for queries that differ only in spacing."""
+    return " ".join(text.split())
+
+
+def _step_fn(model: OnnxModel, encoded: Encoded) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray]:
+    """The trie's step_fn over ``model``'s decoder: live beams grouped by query into (B, W, L) codes.
+
+    Encoder states are computed once per query (``encoded``); each level runs one decoder call for
+    the queries that still have live beams, W = the most beams any of them has (shorter groups are
+    padded with code 0 and their rows ignored).
+    """
+    num_levels = model.num_levels
+
+    def step(level: int, query_index: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+        count = len(query_index)
+        order = np.argsort(query_index, kind="stable")  # beams of one query together, in order
+        queries, starts, counts = np.unique(query_index[order], return_index=True, return_counts=True)
+        width = int(counts.max())
+        batch_pos = np.repeat(np.arange(len(queries)), counts)  # (N,) row in the sub-batch
+        beam_pos = np.arange(count) - np.repeat(starts, counts)  # (N,) beam slot within its query
+        codes = np.zeros((len(queries), width, num_levels), dtype=np.int64)  # (B', W, L)
+        if level:
+            codes[batch_pos, beam_pos, :level] = np.asarray(prefixes, dtype=np.int64)[order]
+        if len(queries) == encoded.states.shape[0]:
+            sub = encoded
+        else:
+            sub = Encoded(encoded.states[queries], encoded.attention_mask[queries])
+        log_probs = model.step(sub, codes, level)  # (B', W, K_level)
+        out = np.empty((count, log_probs.shape[-1]), dtype=np.float32)  # (N, K_level)
+        out[order] = log_probs[batch_pos, beam_pos]
+        return out
+
+    return step
+
+
+class ModelRanker:
+    """Ranks with the bundle's models: one micro-batcher per model, beam search over the live trie."""
+
+    def __init__(self, models: dict[str, OnnxModel], index: LiveIndex, metrics: Metrics, *, beam_size: int,
+                 batch_max_size: int, batch_max_wait_s: float, queue_max_depth: int) -> None:
+        self._index = index
+        self._metrics = metrics
+        self._beam_size = beam_size
+        self._models = models
+        self._batchers: dict[str, MicroBatcher[_Query, Ranking]] = {
+            name: MicroBatcher(name, self._batch_runner(model), max_size=batch_max_size,
+                               max_wait_s=batch_max_wait_s, max_queue=queue_max_depth, metrics=metrics)
+            for name, model in models.items()
+        }
+
+    @property
+    def index_version(self) -> int:
+        """The live index version."""
+        return self._index.snapshot.version
+
+    def start(self) -> None:
+        """Start the batchers (on the running loop)."""
+        for batcher in self._batchers.values():
+            batcher.start()
+
+    async def stop(self) -> None:
+        """Stop the batchers."""
+        for batcher in self._batchers.values():
+            await batcher.stop()
+
+    async def rank(self, model: str, text: str, k: int) -> Ranking:
+        """The top-k documents for ``text`` according to ``model`` (queued, micro-batched)."""
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            raise NotFoundError(f"this bundle has no {model} model")
+        return await batcher.submit(_Query(text, k))
+
+    def rank_now(self, model: str, queries: list[tuple[str, int]]) -> list[Ranking]:
+        """Rank a batch synchronously, bypassing the queue (readiness checks, benchmarks)."""
+        return self._batch_runner(self._models[model])([_Query(t, k) for t, k in queries])
+
+    def _batch_runner(self, model: OnnxModel) -> Callable[[list[_Query]], Sequence[Ranking]]:
+        def run(queries: list[_Query]) -> list[Ranking]:
+            snapshot = self._index.snapshot  # one consistent index version for the whole batch
+            encoded = model.encode([q.text for q in queries])
+            rankings: list[Ranking | None] = [None] * len(queries)
+            # Queries asking for more than beam_size results get a wider beam; group by beam width so a
+            # query's results never depend on what its batch mates asked for.
+            groups: dict[int, list[int]] = {}
+            for i, q in enumerate(queries):
+                groups.setdefault(max(self._beam_size, q.k), []).append(i)
+            for beam_size, members in groups.items():
+                index = np.asarray(members)
+                sub = encoded if len(members) == len(queries) else Encoded(
+                    encoded.states[index], encoded.attention_mask[index])
+                top_k = max(queries[i].k for i in members)
+                started = time.perf_counter()
+                result = constrained_beam_search(_step_fn(model, sub), snapshot.trie, num_queries=len(members),
+                                                 beam_size=beam_size, top_k=top_k)
+                self._metrics.beam_search_seconds.labels(model=model.name).observe(time.perf_counter() - started)
+                for j, i in enumerate(members):
+                    hits = self._hits(model.name, snapshot, result, j, queries[i].k)
+                    rankings[i] = Ranking(json.dumps(hits, ensure_ascii=False).encode("utf-8"), snapshot.version)
+            return [r for r in rankings if r is not None]
+
+        return run
+
+    def _hits(self, model: str, snapshot: Any, result: Any, j: int, k: int) -> list[dict[str, Any]]:
+        hits = []
+        for rank in range(min(k, int(result.counts[j]))):
+            semantic_id = tuple(int(c) for c in result.semantic_ids[j, rank])
+            document = snapshot.document_at(int(result.rows[j, rank]))
+            if document is None or document.semantic_id != semantic_id:
+                # Must never happen: the beam search only walks the trie. Counted, never returned.
+                self._metrics.invalid_ids.labels(model=model).inc()
+                logger.error("beam search produced an ID not in the index: %s", semantic_id)
+                continue
+            hits.append({"doc_id": document.doc_id, "score": float(result.scores[j, rank]),
+                         "semantic_id": list(semantic_id),
+                         "document": {"doc_id": document.doc_id, "text": document.text,
+                                      "metadata": document.metadata}})
+        return hits
+
+
+class IndexDocuments:
+    """The DocumentSource of the live index (bundle + added documents)."""
+
+    def __init__(self, index: LiveIndex) -> None:
+        self._index = index
+
+    @property
+    def index_version(self) -> int:
+        """The live index version."""
+        return self._index.snapshot.version
+
+    async def document_json(self, doc_id: str) -> bytes | None:
+        """The document as JSON bytes, or None."""
+        document = self._index.snapshot.document(doc_id)
+        return None if document is None else json.dumps(document.as_dict(), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What /search and /recommend return, before HTTP framing."""
+
+    ranking: Ranking
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexingOutcome:
+    """What /index-documents returns."""
+
+    documents: list[IndexedDocument]
+    index_version: int
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Request limits (from the settings)."""
+
+    max_query_chars: int = 2000
+    max_history_items: int = 1000
+    max_batch_documents: int = 1000
+    max_text_chars: int = 100_000
+
+
+class Engine:
+    """The service's operations, independent of HTTP."""
+
+    def __init__(self, *, index: LiveIndex, ranker: Ranker, documents: DocumentSource, writer: IndexWriter,
+                 indexer: OnnxModel, metrics: Metrics, limits: EngineLimits, max_history: int,
+                 history_separator: str, models: Sequence[str]) -> None:
+        self.index = index
+        self._ranker = ranker
+        self._documents = documents
+        self._writer = writer
+        self._indexer = indexer
+        self._metrics = metrics
+        self.limits = limits
+        self._max_history = max_history
+        self._history_separator = history_separator
+        self._models = set(models)
+        # One indexer call at a time: it already uses every core.
+        self._indexer_slot = asyncio.Semaphore(1)
+        self.refresh_gauges()
+
+    @property
+    def index_version(self) -> int:
+        """The live index version."""
+        return self.index.snapshot.version
+
+    def refresh_gauges(self) -> None:
+        """Publish the index size and version gauges."""
+        snapshot = self.index.snapshot
+        self._metrics.index_documents.set(len(snapshot))
+        self._metrics.index_version.set(snapshot.version)
+
+    def _check_text(self, text: str, what: str) -> str:
+        normalised = normalise_text(text)
+        if not normalised:
+            raise BadRequestError(f"{what} must not be empty or whitespace only")
+        if len(text) > self.limits.max_query_chars:
+            raise BadRequestError(f"{what} is {len(text)} characters long; the limit is "
+                                  f"{self.limits.max_query_chars}")
+        return normalised
+
+    async def search(self, query: str, k: int) -> SearchOutcome:
+        """The top-k documents for a query (retriever model)."""
+        if "retriever" not in self._models:
+            raise NotFoundError("this bundle has no retriever model; POST /search is not available")
+        text = self._check_text(query, "query")
+        return SearchOutcome(await self._ranker.rank("retriever", text, k))
+
+    def history_input(self, history: list[str] | None, history_texts: list[str] | None) -> tuple[str, list[str]]:
+        """The recommender's input and the warnings: texts most recent first, joined, at most max_history.
+
+        ``history`` (doc_ids) and ``history_texts`` are both oldest first, as clients keep them.
+        Unknown doc_ids are skipped and named in the warnings; when none is known: 404.
+        """
+        if (history is None) == (history_texts is None):
+            raise BadRequestError("give exactly one of history (doc_ids) or history_texts")
+        items = history if history is not None else history_texts
+        assert items is not None
+        if not items:
+            raise BadRequestError("history must not be empty")
+        if len(items) > self.limits.max_history_items:
+            raise BadRequestError(f"history has {len(items)} items; the limit is {self.limits.max_history_items}")
+        warnings: list[str] = []
+        if history is not None:
+            snapshot = self.index.snapshot
+            texts, unknown = [], []
+            for doc_id in history:
+                text = snapshot.text_of(doc_id)
+                if text is None:
+                    unknown.append(doc_id)
+                else:
+                    texts.append(text)
+            if not texts:
+                raise NotFoundError(f"none of the history's doc_ids is indexed: {unknown[:20]}",
+                                    details=[{"unknown_doc_ids": unknown[:100]}])
+            if unknown:
+                warnings.append(f"skipped {len(unknown)} unknown doc_id(s): {unknown[:20]}")
+        else:
+            texts = [normalise_text(t) for t in items]
+            if not all(texts):
+                raise BadRequestError("history_texts must not hold empty or whitespace-only texts")
+        recent_first = [normalise_text(t) for t in texts[-self._max_history:]][::-1]
+        return self._history_separator.join(recent_first), warnings
+
+    async def recommend(self, history: list[str] | None, history_texts: list[str] | None, k: int) -> SearchOutcome:
+        """The top-k next items for a user's history (recommender model)."""
+        if "recommender" not in self._models:
+            raise NotFoundError("this bundle has no recommender model; POST /recommend is not available")
+        text, warnings = self.history_input(history, history_texts)
+        return SearchOutcome(await self._ranker.rank("recommender", text, k), warnings)
+
+    async def document_json(self, doc_id: str) -> bytes:
+        """A document by doc_id as JSON bytes; 404 when unknown."""
+        value = await self._documents.document_json(doc_id)
+        if value is None:
+            raise NotFoundError(f"no document with doc_id {doc_id!r}")
+        return value
+
+    def _check_batch(self, documents: list[tuple[str, str, dict[str, Any]]]) -> None:
+        if not documents:
+            raise BadRequestError("documents must not be empty")
+        if len(documents) > self.limits.max_batch_documents:
+            raise PayloadTooLargeError(f"{len(documents)} documents in one batch; the limit is "
+                                       f"{self.limits.max_batch_documents}")
+        seen: set[str] = set()
+        duplicates: list[str] = []
+        problems: list[dict[str, Any]] = []
+        for i, (doc_id, text, _) in enumerate(documents):
+            if doc_id in seen:
+                duplicates.append(doc_id)
+            seen.add(doc_id)
+            if not doc_id.strip():
+                problems.append({"loc": ["documents", i, "doc_id"], "msg": "doc_id must not be empty"})
+            if not text.strip():
+                problems.append({"loc": ["documents", i, "text"], "msg": "text must not be empty"})
+            elif len(text) > self.limits.max_text_chars:
+                problems.append({"loc": ["documents", i, "text"],
+                                 "msg": f"text longer than {self.limits.max_text_chars} characters"})
+        if duplicates:
+            raise BadRequestError(f"duplicate doc_id(s) in one batch: {sorted(set(duplicates))[:20]}")
+        if problems:
+            raise BadRequestError(f"{len(problems)} invalid document(s); nothing was written", details=problems)
+
+    async def index_documents(self, documents: list[tuple[str, str, dict[str, Any]]]) -> IndexingOutcome:
+        """Give new (or changed) documents semantic IDs and store them durably; all-or-nothing.
+
+        Same doc_id and text keep their ID; a changed text gets a new ID (the old one is removed).
+        """
+        self._check_batch(documents)
+        unchanged = self.index.unchanged(documents)
+        if unchanged is not None:  # an idempotent retry: nothing to compute, nothing to write
+            return IndexingOutcome(unchanged, self.index_version)
+        snapshot = self.index.snapshot
+        needs_codes = [i for i, (doc_id, text, _) in enumerate(documents)
+                       if (snapshot.document(doc_id) is None or snapshot.text_of(doc_id) != text)]
+        codes = np.zeros((0, 0), dtype=np.int64)
+        ranked = np.zeros((0, 0), dtype=np.int64)
+        if needs_codes:
+            texts = [normalise_text(documents[i][1]) for i in needs_codes]
+            async with self._indexer_slot:
+                codes, ranked = await asyncio.to_thread(self._indexer.greedy_codes, texts, FALLBACK_PREFIXES)
+        position = {i: j for j, i in enumerate(needs_codes)}
+        new_documents = []
+        for i, (doc_id, text, metadata) in enumerate(documents):
+            j = position.get(i)
+            new_documents.append(NewDocument(
+                doc_id, text, metadata,
+                codes=() if j is None else tuple(int(c) for c in codes[j]),
+                alternatives=() if j is None else tuple(int(c) for c in ranked[j])))
+        outcome = await self._writer.write(new_documents)
+        if outcome.error is not None:
+            error = ConflictError if outcome.error_type == ConflictError.error_type else IndexFullError
+            raise error(outcome.error)
+        self.refresh_gauges()
+        return IndexingOutcome(outcome.documents, outcome.index_version)
+
+
+__all__ = ["DocumentSource", "Engine", "EngineLimits", "IndexDocuments", "IndexWriter", "IndexingOutcome",
+           "ModelRanker", "Ranker", "Ranking", "SearchOutcome", "ServiceError", "normalise_text"]

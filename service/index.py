@@ -1,0 +1,254 @@
+"""The live index: the bundle's documents, the added ones, and the trie of their semantic IDs.
+
+Readers take ``LiveIndex.snapshot`` once per batch and see one consistent version (trie, documents,
+version number); writers build a new snapshot and swap the reference, so reads never take a lock.
+
+Updates are applied by ``LiveIndex.apply`` only, one at a time (the caller serialises them), in the
+same order on every replica (the order of the Redis stream, or of the local writer). The semantic
+ID of a new document is decided here, at apply time, from the learned codes computed by the writer:
+the next free counter under the greedy prefix (or under the next most probable prefix when that
+counter space is full). Given the same bundle and the same sequence of updates every replica
+therefore assigns the same IDs, and the same index version names the same index everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.bundle import DocumentTable
+from service.errors import ConflictError, IndexFullError
+from service.store import DocumentStore, StoredDocument
+from trie import CounterExhaustedError, SemanticIdTrie
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document as the API returns it."""
+
+    doc_id: str
+    text: str
+    metadata: dict[str, Any]
+    semantic_id: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form used in responses and cache entries."""
+        return {"doc_id": self.doc_id, "text": self.text, "metadata": self.metadata,
+                "semantic_id": list(self.semantic_id)}
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """One document of an update, with the learned codes the writer's indexer model chose."""
+
+    doc_id: str
+    text: str
+    metadata: dict[str, Any]
+    codes: tuple[int, ...]  # the greedy learned codes, levels 0..L-1
+    alternatives: tuple[int, ...] = ()  # last-level codes by decreasing probability (fallback prefixes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form carried by the Redis stream."""
+        return {"doc_id": self.doc_id, "text": self.text, "metadata": self.metadata,
+                "codes": list(self.codes), "alternatives": list(self.alternatives)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NewDocument:
+        """Inverse of ``as_dict``."""
+        return cls(str(data["doc_id"]), str(data["text"]), dict(data.get("metadata") or {}),
+                   tuple(int(c) for c in data["codes"]), tuple(int(c) for c in data.get("alternatives", ())))
+
+
+@dataclass(frozen=True)
+class IndexedDocument:
+    """The outcome for one document of an update."""
+
+    doc_id: str
+    semantic_id: tuple[int, ...]
+    status: str  # created | reindexed | unchanged | metadata_updated
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """The outcome of one update: every document's ID, or the error that rejected the whole batch."""
+
+    documents: list[IndexedDocument]
+    index_version: int
+    error: str | None = None
+    error_type: str | None = None  # index_full | conflict
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """One consistent version of the index. Never mutated: updates build a new one."""
+
+    trie: SemanticIdTrie
+    version: int
+    bundle: DocumentTable
+    added_by_row: dict[int, StoredDocument] = field(default_factory=dict)
+    row_of_added: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.trie)
+
+    def row_of_doc_id(self, doc_id: str) -> int | None:
+        """The trie row of a document, or None when unknown."""
+        row = self.row_of_added.get(doc_id)
+        return self.bundle.row_of_doc_id.get(doc_id) if row is None else row
+
+    def document_at(self, row: int) -> Document | None:
+        """The document at a trie row, or None."""
+        added = self.added_by_row.get(row)
+        if added is not None:
+            return Document(added.doc_id, added.text, added.metadata, added.semantic_id)
+        if 0 <= row < len(self.bundle):
+            return Document(self.bundle.doc_ids[row], self.bundle.texts[row], self.bundle.metadata(row),
+                            tuple(int(c) for c in self.bundle.semantic_ids[row]))
+        return None
+
+    def document(self, doc_id: str) -> Document | None:
+        """A document by doc_id, or None."""
+        row = self.row_of_doc_id(doc_id)
+        return None if row is None else self.document_at(row)
+
+    def text_of(self, doc_id: str) -> str | None:
+        """The text of a document (the model input for recommendation), or None."""
+        row = self.row_of_doc_id(doc_id)
+        if row is None:
+            return None
+        added = self.added_by_row.get(row)
+        return added.text if added is not None else self.bundle.texts[row]
+
+
+class LiveIndex:
+    """The mutable holder of the current ``IndexSnapshot``; ``apply`` is its only writer."""
+
+    def __init__(self, bundle: DocumentTable, trie: SemanticIdTrie, store: DocumentStore,
+                 *, counter_size: int) -> None:
+        self._store = store
+        self._counter_size = counter_size
+        state = store.load()
+        self._next_row = max(state.next_row, len(bundle))
+        self.last_stream_id = state.last_stream_id
+        added_by_row = {d.row: d for d in state.documents}
+        row_of_added = {d.doc_id: d.row for d in state.documents}
+        # Replay: the bundle's IDs of documents changed since are removed, the stored IDs inserted.
+        overridden = [row for row in added_by_row if row < len(bundle)]
+        if overridden:
+            old = bundle.semantic_ids[np.asarray(overridden, dtype=np.int64)]
+            present = trie.rows_of(old) >= 0
+            if present.any():
+                trie = trie.with_removed(old[present])
+        if state.documents:
+            ids = np.asarray([d.semantic_id for d in state.documents], dtype=np.int64)
+            rows = np.asarray([d.row for d in state.documents], dtype=np.int64)
+            trie = trie.with_inserted(ids, rows)
+        self.snapshot = IndexSnapshot(trie, state.index_version, bundle, added_by_row, row_of_added)
+        logger.info("index loaded: %d bundle documents, %d added or changed, version %d",
+                    len(bundle), len(state.documents), state.index_version)
+
+    def unchanged(self, documents: list[tuple[str, str, dict[str, Any]]]) -> list[IndexedDocument] | None:
+        """The outcome when every (doc_id, text, metadata) is already indexed as is, else None."""
+        snapshot = self.snapshot
+        out = []
+        for doc_id, text, metadata in documents:
+            existing = snapshot.document(doc_id)
+            if existing is None or existing.text != text or existing.metadata != metadata:
+                return None
+            out.append(IndexedDocument(doc_id, existing.semantic_id, "unchanged"))
+        return out
+
+    def _free_id(self, trie: SemanticIdTrie, doc: NewDocument, taken: set[tuple[int, ...]]) -> tuple[int, ...]:
+        """The document's ID: greedy prefix + next free counter, else the next most probable prefix."""
+        if not doc.codes:
+            raise ConflictError(f"document {doc.doc_id!r} changed while this batch was being indexed; "
+                                "retry the batch")
+        candidates = [doc.codes[-1], *[c for c in doc.alternatives if c != doc.codes[-1]]]
+        for last in candidates:
+            prefix = (*doc.codes[:-1], int(last))
+            try:
+                counter = trie.next_counter(prefix)
+            except CounterExhaustedError:
+                continue
+            # next_counter knows the trie, not the IDs given earlier in this batch.
+            while counter < self._counter_size and (
+                    (*prefix, counter) in taken or trie.row_of((*prefix, counter)) is not None):
+                counter += 1
+            if counter < self._counter_size:
+                return (*prefix, counter)
+        raise IndexFullError(f"no free semantic ID for document {doc.doc_id!r}: every counter under its "
+                             f"{len(candidates)} most probable prefixes is used")
+
+    def apply(self, documents: list[NewDocument], *, stream_id: str | None = None) -> UpdateOutcome:
+        """Apply one update durably (one store transaction), then publish the new snapshot.
+
+        All-or-nothing: when one document cannot get an ID the whole update is rejected (the outcome
+        carries the error; with a ``stream_id`` the entry is still recorded as applied, so every
+        replica skips it the same way). Blocking: run it in a worker thread, one at a time.
+        """
+        snapshot = self.snapshot
+        trie = snapshot.trie
+        outcomes: list[IndexedDocument] = []
+        stored: list[StoredDocument] = []
+        removed: list[tuple[int, ...]] = []
+        inserted: list[tuple[int, ...]] = []
+        inserted_rows: list[int] = []
+        taken: set[tuple[int, ...]] = set()
+        next_row = self._next_row
+        try:
+            for doc in documents:
+                existing_row = snapshot.row_of_doc_id(doc.doc_id)
+                existing = None if existing_row is None else snapshot.document_at(existing_row)
+                if existing is not None and existing.text == doc.text:
+                    status = "unchanged" if existing.metadata == doc.metadata else "metadata_updated"
+                    if status == "metadata_updated":
+                        stored.append(StoredDocument(doc.doc_id, existing_row, doc.text, doc.metadata,
+                                                     existing.semantic_id))
+                    outcomes.append(IndexedDocument(doc.doc_id, existing.semantic_id, status))
+                    continue
+                semantic_id = self._free_id(trie, doc, taken)
+                taken.add(semantic_id)
+                if existing is not None and existing_row is not None:
+                    removed.append(existing.semantic_id)
+                    taken.add(existing.semantic_id)  # not reused within the batch that frees it
+                    row, status = existing_row, "reindexed"
+                else:
+                    row, status = next_row, "created"
+                    next_row += 1
+                inserted.append(semantic_id)
+                inserted_rows.append(row)
+                stored.append(StoredDocument(doc.doc_id, row, doc.text, doc.metadata, semantic_id))
+                outcomes.append(IndexedDocument(doc.doc_id, semantic_id, status))
+        except (IndexFullError, ConflictError) as exc:
+            if stream_id is not None:
+                self._store.commit_update([], index_version=snapshot.version, next_row=self._next_row,
+                                          last_stream_id=stream_id)
+                self.last_stream_id = stream_id
+            return UpdateOutcome([], snapshot.version, error=str(exc), error_type=exc.error_type)
+        changed = bool(stored)
+        version = snapshot.version + 1 if changed else snapshot.version
+        new_trie = trie
+        if removed:
+            new_trie = new_trie.with_removed(np.asarray(removed, dtype=np.int64))
+        if inserted:
+            new_trie = new_trie.with_inserted(np.asarray(inserted, dtype=np.int64),
+                                              np.asarray(inserted_rows, dtype=np.int64))
+        # Durable first: the snapshot is published only after the commit, and the caller answers
+        # the client only after this returns.
+        self._store.commit_update(stored, index_version=version, next_row=next_row, last_stream_id=stream_id)
+        if stream_id is not None:
+            self.last_stream_id = stream_id
+        if changed:
+            added_by_row = dict(snapshot.added_by_row)
+            row_of_added = dict(snapshot.row_of_added)
+            for d in stored:
+                added_by_row[d.row] = d
+                row_of_added[d.doc_id] = d.row
+            self._next_row = next_row
+            self.snapshot = IndexSnapshot(new_trie, version, snapshot.bundle, added_by_row, row_of_added)
+        return UpdateOutcome(outcomes, version)
