@@ -156,6 +156,7 @@ def staging_directory(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         raise UserInputError(f"{out_dir} already exists and is not empty (use --overwrite to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private (0700); the result is an ordinary output folder
     try:
         yield stage
     except BaseException:

@@ -77,7 +77,7 @@ class RQVAEConfig:
     )
     restart_until: float = field(default=0.8, metadata={"help": "No restarts after this fraction of epochs."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and k-means."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads."})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (the MLP is tiny: 1 is fastest)."})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda when present), 'cpu' or 'cuda'."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
