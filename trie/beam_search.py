@@ -60,27 +60,31 @@ def _step_log_probs(step_fn: StepFn, level: int, query: np.ndarray, prefixes: np
     return log_probs
 
 
-def _choose_top(values: np.ndarray, allowed: np.ndarray, keep: int) -> np.ndarray:
-    """Per row, the ``keep`` highest allowed entries of ``values`` ``(R, C)`` -> bool ``(R, C)``.
+def _choose_top(query: np.ndarray, values: np.ndarray, num_queries: int, keep: int) -> np.ndarray:
+    """Per query, the ``keep`` highest candidates -> bool ``(C,)``.
 
-    Ties at the cut-off go to the earliest positions (lexicographic order). Rows with at most ``keep``
-    allowed entries keep them all; disallowed entries are never chosen (no padding with invalid codes).
+    ``query`` ``(C,)`` is non-decreasing and, within a query, candidates are in lexicographic order;
+    ties at the cut-off go to the earliest (lexicographically smallest) candidates. A query with at
+    most ``keep`` candidates keeps them all: only allowed codes are candidates, so nothing invalid
+    can ever be chosen to fill a beam.
     """
-    num_allowed = allowed.sum(axis=1)
-    if (num_allowed <= keep).all():
-        return allowed
-    masked = np.where(allowed, values, -np.inf)
-    width = masked.shape[1]
-    # k-th largest value per row: O(C) partition instead of a full sort.
-    threshold = np.partition(masked, width - keep, axis=1)[:, width - keep][:, None]
-    above = masked > threshold
-    at = (masked == threshold) & allowed
-    needed = keep - above.sum(axis=1)
-    chosen = above | (at & (np.cumsum(at, axis=1) <= needed[:, None]))
-    small = num_allowed <= keep
-    if small.any():
-        chosen[small] = allowed[small]
-    return chosen
+    per_query = np.bincount(query, minlength=num_queries)
+    if per_query.max(initial=0) <= keep:
+        return np.ones(len(values), dtype=bool)
+    first = np.cumsum(per_query) - per_query
+    position = np.arange(len(values)) - first[query]
+    # Negated and padded with +inf: np.partition degrades badly on rows full of -inf, not of +inf.
+    padded = np.full((num_queries, int(per_query.max())), np.inf)
+    padded[query, position] = -values
+    threshold = -np.partition(padded, keep - 1, axis=1)[:, keep - 1]
+    threshold = np.where(per_query > keep, threshold, -np.inf)[query]
+    above = values > threshold
+    at = values == threshold
+    # Rank of each tied candidate among its query's ties, in candidate (lexicographic) order.
+    ties_before = np.cumsum(at) - at
+    ties_rank = ties_before - ties_before[first[query]]
+    needed = keep - np.bincount(query, weights=above, minlength=num_queries).astype(np.int64)
+    return above | (at & (ties_rank < needed[query]))
 
 
 def constrained_beam_search(
@@ -117,21 +121,13 @@ def constrained_beam_search(
         log_probs = _step_log_probs(step_fn, level, query, prefixes, size)
         allowed = trie.allowed_mask_at(state)
         keep = top_k if level == depth - 1 else beam_size
-        beams_per_query = np.bincount(query, minlength=num_queries)
-        first_beam = np.cumsum(beams_per_query) - beams_per_query
-        slot = np.arange(len(query)) - first_beam[query]
-        width = int(beams_per_query.max())
-        # One row per query: its beams' candidates side by side, so position order = lexicographic order.
-        candidates = np.full((num_queries, width, size), -np.inf)
-        candidates[query, slot] = scores[:, None] + log_probs
-        candidate_allowed = np.zeros((num_queries, width, size), dtype=bool)
-        candidate_allowed[query, slot] = allowed
-        candidates = candidates.reshape(num_queries, width * size)
-        chosen = _choose_top(candidates, candidate_allowed.reshape(num_queries, width * size), keep)
-        query, position = np.nonzero(chosen)
-        parent = first_beam[query] + position // size
-        codes = position % size
-        scores = candidates[query, position]
+        # Candidates = the allowed (beam, code) pairs, in beam-major order: grouped by query and, since
+        # a query's beams are in lexicographic order, lexicographic within each query.
+        parent, codes = np.nonzero(allowed)
+        candidate_scores = scores[parent] + log_probs[parent, codes]
+        chosen = _choose_top(query[parent], candidate_scores, num_queries, keep)
+        parent, codes, scores = parent[chosen], codes[chosen], candidate_scores[chosen]
+        query = query[parent]
         prefixes = np.concatenate([prefixes[parent], codes[:, None]], axis=1)
         state = trie.advance(state, parent, codes)
 

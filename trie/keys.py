@@ -81,8 +81,9 @@ class KeyCodec:
         width = self.depth if width is None else width
         array = np.asarray(ids)
         if array.size == 0 and array.ndim <= 2 and (array.ndim < 2 or array.shape[1] in (0, width)):
-            return np.zeros((0, width), dtype=np.int64)
-        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+            # [] or (0, width) or, for width 0, (M, 0): empty prefixes of M beams.
+            return np.zeros((array.shape[0] if array.ndim == 2 and width == 0 else 0, width), dtype=np.int64)
+        if array.dtype.kind not in "iu":  # bool, float, object, str ...: never silently truncated
             raise InvalidSemanticIdError(f"{what} must be integers, got dtype {array.dtype}")
         if array.ndim != 2 or array.shape[1] != width:
             raise InvalidSemanticIdError(
@@ -93,7 +94,7 @@ class KeyCodec:
             raise InvalidSemanticIdError(f"{what} hold codes too large for int64")
         array = np.ascontiguousarray(array, dtype=np.int64)
         bad = (array < 0) | (array >= self._sizes[:width])
-        if bad.any():
+        if bad.any():  # the slow, friendly message only on failure
             rows, levels = np.nonzero(bad)
             row, level = int(rows[0]), int(levels[0])
             raise InvalidSemanticIdError(

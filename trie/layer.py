@@ -133,6 +133,19 @@ class Csr:
         present = nodes >= 0
         safe = np.where(present, nodes, 0)
         offsets = self.child_offsets[depth]
+        bitmap = self.bitmaps[depth]
+        if bitmap is not None:
+            # Rank in the bitset: the child's index is the parent's first child plus the number of
+            # allowed codes below ``codes`` (a popcount), with no search loop.
+            bits = bitmap[safe]
+            byte = codes >> 3
+            counts = np.bitwise_count(bits)
+            below = np.cumsum(counts, axis=1, dtype=np.int64) - counts
+            rows = np.arange(len(nodes))
+            own = bits[rows, byte]
+            rank = below[rows, byte] + np.bitwise_count(own & ((1 << (codes & 7)) - 1).astype(np.uint8))
+            found = present & ((own >> (codes & 7)) & 1).astype(bool)
+            return np.where(found, offsets[safe].astype(np.int64) + rank, -1)
         level_codes = self.node_codes[depth]
         low = offsets[safe].astype(np.int64)
         end = np.where(present, offsets[safe + 1], low).astype(np.int64)
@@ -258,8 +271,18 @@ class Layer:
         """A new layer with sorted ``keys`` (disjoint from this layer's) and their ``rows`` added. O(n) copy."""
         if len(self.keys) == 0:
             return Layer(self.codec, keys, rows)
-        position = np.searchsorted(self.keys, keys)
-        return Layer(self.codec, np.insert(self.keys, position, keys), np.insert(self.rows, position, rows))
+        total = len(self.keys) + len(keys)
+        # Where each new key lands in the merged order; the old keys fill the remaining slots.
+        new_slots = np.searchsorted(self.keys, keys) + np.arange(len(keys))
+        is_old = np.ones(total, dtype=bool)
+        is_old[new_slots] = False
+        merged_keys = np.empty(total, dtype=np.int64)
+        merged_rows = np.empty(total, dtype=np.int64)
+        merged_keys[new_slots] = keys
+        merged_rows[new_slots] = rows
+        merged_keys[is_old] = self.keys
+        merged_rows[is_old] = self.rows
+        return Layer(self.codec, merged_keys, merged_rows)
 
     def without(self, leaves: np.ndarray) -> Layer:
         """A new layer without the given leaves."""

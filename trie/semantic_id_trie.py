@@ -143,7 +143,7 @@ class SemanticIdTrie:
         array = np.asarray(rows)
         if array.size == 0 and count == 0:
             return np.zeros(0, dtype=np.int64)
-        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        if array.dtype.kind not in "iu":
             raise InvalidSemanticIdError(f"rows must be integers, got dtype {array.dtype}")
         if array.shape != (count,):
             raise InvalidSemanticIdError(f"rows must have shape ({count},), one per ID, got {array.shape}")
@@ -472,7 +472,7 @@ class SemanticIdTrie:
                 f"{len(duplicates)} semantic ID(s) are already in the trie: {codec.format_ids(duplicates)}",
                 [tuple(int(c) for c in row) for row in duplicates],
             )
-        taken = self.semantic_ids_of(row_array)[:, 0] >= 0
+        taken = self._rows_taken(row_array)
         if taken.any():
             bad_rows = row_array[taken].tolist()
             raise DuplicateRowError(f"document rows already hold a semantic ID: {bad_rows[:20]}", bad_rows)
@@ -482,6 +482,17 @@ class SemanticIdTrie:
             mid = mid.merged(tiny.keys, tiny.rows)
             tiny = Layer.empty(codec)
         return self._next_version(self._tombstones, mid, tiny)
+
+    def _rows_taken(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each row ``(M,)`` already holds a live ID."""
+        leaves = self._base.row_index.leaves_of(rows)
+        if len(self._tombstones):
+            leaves = np.where(_in_sorted(self._tombstones, leaves), -1, leaves)
+        taken = leaves >= 0
+        for layer in (self._mid, self._tiny):
+            if len(layer):
+                taken |= layer.row_index.leaves_of(rows) >= 0
+        return taken
 
     def with_removed(self, ids: Any) -> SemanticIdTrie:
         """A new version (``version + 1``) without ``ids`` ``(M, L+1)``; their rows become free.
