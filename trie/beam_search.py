@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trie.semantic_id_trie import SemanticIdTrie
+from trie.semantic_id_trie import SemanticIdTrie, TrieState
 
 StepFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 """``step_fn(level, query_index (N,) int64, prefixes (N, level) int64) -> (N, >= codebook_sizes[level])``
@@ -118,8 +118,14 @@ def constrained_beam_search(
         if len(query) == 0:
             break
         size = sizes[level]
-        log_probs = _step_log_probs(step_fn, level, query, prefixes, size)
         allowed = trie.allowed_mask_at(state)
+        live = allowed.any(axis=1)
+        if not live.all():  # a beam with no continuation (an empty trie) is dropped before the model runs
+            query, scores, prefixes, allowed = query[live], scores[live], prefixes[live], allowed[live]
+            state = TrieState(state.depth, state.nodes[live])
+            if len(query) == 0:
+                break
+        log_probs = _step_log_probs(step_fn, level, query, prefixes, size)
         keep = top_k if level == depth - 1 else beam_size
         # Candidates = the allowed (beam, code) pairs, in beam-major order: grouped by query and, since
         # a query's beams are in lexicographic order, lexicographic within each query.
