@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,13 @@ class TinyDecoderStep(nn.Module):
 
 def _export(encoder: TinyEncoder, decoder: TinyDecoderStep, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but handles the 0-d `level` input without fuss.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export_graphs(encoder, decoder, folder)
+
+
+def _export_graphs(encoder: TinyEncoder, decoder: TinyDecoderStep, folder: Path) -> None:
     ids = torch.randint(0, VOCAB, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.int64)
     torch.onnx.export(encoder, (ids, mask), str(folder / "encoder.onnx"), dynamo=False,
