@@ -18,8 +18,9 @@ Definitions, for one query with judgments `qrels[q]` (doc_id -> integer gain) an
   (trec_eval ndcg_cut_k; ranx ndcg@k)
 - map@k      = (sum of precision@i over the ranks i <= k holding a relevant document) / R; the
   divisor is R, not min(R, k) (trec_eval map_cut_k; ranx map@k)
-- mrr@k      = 1 / (rank of the first relevant document) if it is within k, else 0 (ir-measures
-  RR@k; ranx mrr@k)
+- mrr@k      = 1 / (rank of the first relevant document) if it is within k, else 0 (trec_eval
+  recip_rank, cut at k; ranx mrr@k. ir-measures' RR@k breaks score ties another way, so it can
+  differ on tied scores)
 - hit@k      = 1 if a relevant document is within the top k, else 0 (trec_eval success_k;
   ir-measures Success@k; ranx hit_rate@k)
 
