@@ -198,6 +198,16 @@ class RowIndex:
         assert self._sorted_rows is not None and self._leaves is not None
         return {"sorted_rows": self._sorted_rows, "sorted_row_leaves": self._leaves}
 
+    def leaf_of(self, row: int) -> int:
+        """Leaf of one row, -1 where it holds no ID (scalar fast path of :meth:`leaves_of`)."""
+        if self._row_to_leaf is not None:
+            return int(self._row_to_leaf[row]) if 0 <= row < len(self._row_to_leaf) else -1
+        assert self._sorted_rows is not None and self._leaves is not None
+        position = int(self._sorted_rows.searchsorted(row))
+        if position < len(self._sorted_rows) and int(self._sorted_rows[position]) == row:
+            return int(self._leaves[position])
+        return -1
+
     def leaves_of(self, rows: np.ndarray) -> np.ndarray:
         """Leaf of each row ``(M,)`` int64, -1 where the row holds no ID."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -220,7 +230,7 @@ class Layer:
     build theirs on first use, so an insert never pays for it.
     """
 
-    __slots__ = ("_csr", "_row_index", "codec", "keys", "rows")
+    __slots__ = ("_csr", "_row_index", "_sorted_rows", "codec", "keys", "rows")
 
     def __init__(
         self,
@@ -229,12 +239,14 @@ class Layer:
         rows: np.ndarray,
         csr: Csr | None = None,
         row_index: RowIndex | None = None,
+        sorted_rows: np.ndarray | None = None,
     ) -> None:
         self.codec = codec
         self.keys = keys
         self.rows = rows
         self._csr = csr
         self._row_index = row_index
+        self._sorted_rows = sorted_rows
 
     @classmethod
     def empty(cls, codec: KeyCodec) -> Layer:
@@ -267,6 +279,47 @@ class Layer:
         position = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return np.where(self.keys[position] == keys, position, -1)
 
+    def find_one(self, key: int) -> int:
+        """Leaf index of one key, -1 where absent (scalar fast path of :meth:`find`)."""
+        keys = self.keys
+        if len(keys) == 0:
+            return -1
+        position = int(keys.searchsorted(key))
+        return position if position < len(keys) and int(keys[position]) == key else -1
+
+    def with_one(self, key: int, row: int) -> Layer:
+        """A new layer with one more (absent) key: an O(n) copy of a small layer."""
+        size = len(self.keys)
+        position = int(self.keys.searchsorted(key))
+        keys = np.empty(size + 1, dtype=np.int64)
+        rows = np.empty(size + 1, dtype=np.int64)
+        keys[:position] = self.keys[:position]
+        keys[position] = key
+        keys[position + 1 :] = self.keys[position:]
+        rows[:position] = self.rows[:position]
+        rows[position] = row
+        rows[position + 1 :] = self.rows[position:]
+        return Layer(self.codec, keys, rows)
+
+    @property
+    def sorted_rows(self) -> np.ndarray:
+        """This layer's rows, sorted (lazily; merged layers inherit it by an O(n) merge, not a sort)."""
+        sorted_rows = self._sorted_rows
+        if sorted_rows is None:
+            sorted_rows = np.sort(self.rows)
+            self._sorted_rows = sorted_rows
+        return sorted_rows
+
+    def holds_row(self, row: int) -> bool:
+        """Whether one of this layer's IDs sits at document ``row``."""
+        if self._row_index is not None:
+            return self._row_index.leaf_of(row) >= 0
+        if len(self.rows) <= 512:  # a scan of a small array beats building any index
+            return bool((self.rows == row).any())
+        sorted_rows = self.sorted_rows
+        position = int(sorted_rows.searchsorted(row))
+        return position < len(sorted_rows) and int(sorted_rows[position]) == row
+
     def merged(self, keys: np.ndarray, rows: np.ndarray) -> Layer:
         """A new layer with sorted ``keys`` (disjoint from this layer's) and their ``rows`` added. O(n) copy."""
         if len(self.keys) == 0:
@@ -282,7 +335,9 @@ class Layer:
         merged_rows[new_slots] = rows
         merged_keys[is_old] = self.keys
         merged_rows[is_old] = self.rows
-        return Layer(self.codec, merged_keys, merged_rows)
+        new_rows = np.sort(rows)
+        sorted_rows = np.insert(self.sorted_rows, np.searchsorted(self.sorted_rows, new_rows), new_rows)
+        return Layer(self.codec, merged_keys, merged_rows, sorted_rows=sorted_rows)
 
     def without(self, leaves: np.ndarray) -> Layer:
         """A new layer without the given leaves."""
