@@ -27,7 +27,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.metrics_core import Metric
 
+from service.metrics import Metrics
 from tests.integration.conftest import (
     API_KEY,
     REPO,
@@ -232,6 +234,31 @@ def scraped(replicas: list[Replica], prometheus: Prometheus, integration_bundle:
 
 
 # ------------------------------------------------------------------------------------------ tests
+
+
+def exported_sample_names() -> set[str]:
+    """Every sample name the service can export (service/metrics.py), with the type's suffixes."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names = set()
+    family: Metric
+    for family in Metrics().registry.collect():
+        names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def test_dashboard_names_only_metrics_the_service_exports() -> None:
+    """A misspelt name would show a flat 0 behind `or vector(0)`: every name must be a real one."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {name for _, expr in dashboard_queries(dashboard) for name in re.findall(r"\blmindexer_\w+", expr)}
+    unknown = used - exported_sample_names()
+    assert not unknown, f"the dashboard queries metrics that service/metrics.py does not export: {sorted(unknown)}"
+    families = {n.rsplit("_", 1)[0] if n.endswith(("_bucket", "_sum", "_count")) else n for n in used}
+    for required in ("lmindexer_requests_total", "lmindexer_request_duration_seconds",
+                     "lmindexer_queue_wait_seconds", "lmindexer_inference_duration_seconds", "lmindexer_batch_size",
+                     "lmindexer_cache_lookups_total", "lmindexer_redis_errors_total",
+                     "lmindexer_documents_indexed_total", "lmindexer_index_documents", "lmindexer_index_version",
+                     "lmindexer_invalid_ids_total"):
+        assert required in families, f"the dashboard has no panel on {required}"
 
 
 def has_data(result: list[dict[str, Any]]) -> bool:
