@@ -79,16 +79,26 @@ def assign_counters(learned: np.ndarray) -> np.ndarray:
 
 
 def timed(function: Callable[[], Any], repeats: int, budget_s: float = 2.0) -> float:
-    """Median seconds of ``function`` over ``repeats`` runs (fewer if the budget runs out; at least 1)."""
-    times = []
+    """Median wall-clock seconds of ``function`` over ``repeats`` runs (fewer if the budget runs out)."""
+    return timed_wall_and_cpu(function, repeats, budget_s)[0]
+
+
+def timed_wall_and_cpu(function: Callable[[], Any], repeats: int, budget_s: float = 2.0) -> tuple[float, float]:
+    """Median wall-clock and median CPU seconds of ``function`` (at least one run).
+
+    CPU time is reported next to wall time because the benchmark may share its machine: on a busy
+    host wall time includes waiting for a core, CPU time does not (both are single-threaded here).
+    """
+    walls, cpus = [], []
     started = time.perf_counter()
     for _ in range(repeats):
-        begin = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         function()
-        times.append(time.perf_counter() - begin)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
         if time.perf_counter() - started > budget_s:
             break
-    return float(np.median(times))
+    return float(np.median(walls)), float(np.median(cpus))
 
 
 # ----------------------------------------------------------------------------------------- dict trie
@@ -269,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         beams = queries * args.beam_size
         sample = ids[rng.integers(0, len(ids), beams)]
         per_depth: dict[str, list[float]] = {"ours_state": [], "ours_prefixes": [], "dict": [], "marisa": []}
+        per_depth_cpu: dict[str, list[float]] = {"ours_state": [], "ours_prefixes": [], "dict": []}
         marisa_beams: list[int] = []
         for depth in range(len(sizes)):
             prefixes = np.ascontiguousarray(sample[:, :depth])
@@ -277,9 +288,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mask = ours.allowed_mask_at(state)
             assert np.array_equal(mask, dict_masks(dict_trie, prefixes, size))
             assert np.array_equal(mask, ours.allowed_mask(prefixes))
-            per_depth["ours_state"].append(timed(lambda s=state: ours.allowed_mask_at(s), 200) * 1e3)
-            per_depth["ours_prefixes"].append(timed(lambda p=prefixes: ours.allowed_mask(p), 50) * 1e3)
-            per_depth["dict"].append(timed(lambda p=prefixes, k=size: dict_masks(dict_trie, p, k), 20) * 1e3)
+            for name, function, repeats in (
+                ("ours_state", lambda s=state: ours.allowed_mask_at(s), 200),
+                ("ours_prefixes", lambda p=prefixes: ours.allowed_mask(p), 50),
+                ("dict", lambda p=prefixes, k=size: dict_masks(dict_trie, p, k), 20),
+            ):
+                wall, cpu = timed_wall_and_cpu(function, repeats)
+                per_depth[name].append(wall * 1e3)
+                per_depth_cpu[name].append(cpu * 1e3)
             if marisa is not None:
                 milliseconds, done = marisa_ms_per_step(marisa, prefixes, size, args.marisa_budget_s)
                 per_depth["marisa"].append(milliseconds)
@@ -289,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ms_per_step_by_depth": per_depth,
             "ms_per_step_mean": {name: float(np.mean(v)) for name, v in per_depth.items() if v},
             "ms_per_step_max": {name: float(np.max(v)) for name, v in per_depth.items() if v},
+            "cpu_ms_per_step_by_depth": per_depth_cpu,
+            "cpu_ms_per_step_mean": {name: float(np.mean(v)) for name, v in per_depth_cpu.items()},
         }
         if marisa is not None:
             lookups[shape]["marisa_estimated_from_beams"] = marisa_beams
@@ -296,6 +314,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     main_shape = lookups[f"{args.queries}x{args.beam_size}"]
     results["lookup_ms_64x20"] = main_shape["ms_per_step_mean"]["ours_state"]
     results["speedup_vs_dict_64x20"] = main_shape["ms_per_step_mean"]["dict"] / results["lookup_ms_64x20"]
+    results["lookup_cpu_ms_64x20"] = main_shape["cpu_ms_per_step_mean"]["ours_state"]
+    results["speedup_vs_dict_64x20_cpu"] = (
+        main_shape["cpu_ms_per_step_mean"]["dict"] / main_shape["cpu_ms_per_step_mean"]["ours_state"]
+    )
     results["speedup_vs_dict_64x20_from_prefixes"] = (
         main_shape["ms_per_step_mean"]["dict"] / main_shape["ms_per_step_mean"]["ours_prefixes"]
     )
@@ -307,11 +329,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     new_rows = np.arange(len(ids), len(ids) + total_new)
     latencies = np.empty(args.single_inserts)
     trie = ours
+    single_cpu = time.process_time()
     for index in range(args.single_inserts):
         begin = time.perf_counter()
         trie = trie.with_inserted(new_ids[index : index + 1], new_rows[index : index + 1])
         latencies[index] = time.perf_counter() - begin
+    single_cpu = time.process_time() - single_cpu
     assert trie.row_of(tuple(new_ids[0])) == new_rows[0]
+    compactions_crossed = int(args.single_inserts > max(4096, len(ids) // 16))
     batch_times = []
     trie = ours
     for batch in range(args.batch_inserts):
@@ -331,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "single_id_calls_p50": float(np.median(latencies) * 1e6) if args.single_inserts else None,
         "single_id_calls_p99": float(np.quantile(latencies, 0.99) * 1e6) if args.single_inserts else None,
         "single_id_calls_max": float(latencies.max() * 1e6) if args.single_inserts else None,
+        "single_id_calls_cpu_mean": single_cpu / args.single_inserts * 1e6 if args.single_inserts else None,
+        "single_id_calls_include_compactions": compactions_crossed,
         "batches_of_1000_mean": float(np.mean(batch_times) / 1000 * 1e6) if batch_times else None,
         "dict_single_id": dict_insert * 1e6,
         "marisa": "immutable: every insert is a full rebuild (see build_s.marisa)",
@@ -346,8 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def run_ours() -> Any:
         return constrained_beam_search(fake_step, ours, args.queries, args.beam_size, args.top_k)
 
-    ours_seconds = timed(run_ours, repeats=20, budget_s=5.0)
-    dict_seconds = timed(
+    ours_seconds, ours_cpu = timed_wall_and_cpu(run_ours, repeats=20, budget_s=5.0)
+    dict_seconds, dict_cpu = timed_wall_and_cpu(
         lambda: dict_beam_search(fake_step, dict_trie, sizes, args.queries, args.beam_size, args.top_k), 3, 5.0
     )
     ours_result = run_ours()
@@ -360,10 +387,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ours_ms_per_batch": ours_seconds * 1e3,
         "dict_queries_per_s": args.queries / dict_seconds,
         "dict_ms_per_batch": dict_seconds * 1e3,
+        "ours_cpu_ms_per_batch": ours_cpu * 1e3,
+        "dict_cpu_ms_per_batch": dict_cpu * 1e3,
         "same_top_ids_as_dict": bool(
             np.array_equal(ours_result.semantic_ids, dict_result.reshape(args.queries, args.top_k, -1))
         ),
     }
+    results["machine"]["load_average_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["wall_s"] = time.perf_counter() - wall_started
     results["targets"] = TARGETS
@@ -388,6 +418,7 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
     shape = f"{args.queries}x{args.beam_size}"
     one = results["lookup"][f"1x{args.beam_size}"]["ms_per_step_mean"]
     many = results["lookup"][shape]["ms_per_step_mean"]
+    cpu = results["lookup"][shape]["cpu_ms_per_step_mean"]
     build = results["build_s"]
     memory = results["memory"]
     insert = results["insert_us_per_id"]
@@ -398,7 +429,9 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         (f"lookup 1x{args.beam_size} (ms/step)", one["ours_state"], one["dict"], one.get("marisa")),
         (f"lookup {shape} (ms/step)", many["ours_state"], many["dict"], many.get("marisa")),
         (f"  from raw prefixes {shape}", many["ours_prefixes"], None, None),
+        (f"  CPU time {shape} (ms/step)", cpu["ours_state"], cpu["dict"], None),
         ("insert, 1 ID per call (us/ID)", insert["single_id_calls_mean"], insert["dict_single_id"], None),
+        ("  CPU time, 1 ID per call (us/ID)", insert["single_id_calls_cpu_mean"], None, None),
         ("insert, 1000 per call (us/ID)", insert["batches_of_1000_mean"], None, None),
         (f"beam search {shape} (queries/s)", search["ours_queries_per_s"], search["dict_queries_per_s"], None),
     ]

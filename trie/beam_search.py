@@ -60,6 +60,29 @@ def _step_log_probs(step_fn: StepFn, level: int, query: np.ndarray, prefixes: np
     return log_probs
 
 
+def _beam_shortlist(log_probs: np.ndarray, allowed: np.ndarray, keep: int) -> np.ndarray:
+    """A superset of each beam's own ``keep`` best allowed codes, as a bool ``(n, K)`` mask.
+
+    A candidate outside its beam's top ``keep`` cannot be in its query's top ``keep`` (the beam's
+    better candidates would all beat it), so shortlisting per beam first is exact and shrinks the
+    per-query selection from ``beams * K`` candidates to ``beams * keep``. Beams whose cut-off is
+    tied (or that have fewer than ``keep`` finite candidates) keep all their allowed codes, and the
+    exact selection with its tie rule happens in :func:`_choose_top`.
+    """
+    size = log_probs.shape[1]
+    if size <= keep:
+        return allowed
+    negated = np.where(allowed, -log_probs, np.inf)
+    top = np.argpartition(negated, keep - 1, axis=1)[:, :keep]  # (n, keep), unordered
+    cut = np.take_along_axis(negated, top, axis=1).max(axis=1)
+    unclear = ~np.isfinite(cut) | ((negated <= cut[:, None]).sum(axis=1) > keep)
+    shortlist = np.zeros_like(allowed)
+    np.put_along_axis(shortlist, top, True, axis=1)
+    if unclear.any():
+        shortlist[unclear] = allowed[unclear]
+    return shortlist & allowed
+
+
 def _choose_top(query: np.ndarray, values: np.ndarray, num_queries: int, keep: int) -> np.ndarray:
     """Per query, the ``keep`` highest candidates -> bool ``(C,)``.
 
@@ -129,7 +152,7 @@ def constrained_beam_search(
         keep = top_k if level == depth - 1 else beam_size
         # Candidates = the allowed (beam, code) pairs, in beam-major order: grouped by query and, since
         # a query's beams are in lexicographic order, lexicographic within each query.
-        parent, codes = np.nonzero(allowed)
+        parent, codes = np.nonzero(_beam_shortlist(log_probs, allowed, keep))
         candidate_scores = scores[parent] + log_probs[parent, codes]
         chosen = _choose_top(query[parent], candidate_scores, num_queries, keep)
         parent, codes, scores = parent[chosen], codes[chosen], candidate_scores[chosen]
