@@ -1,0 +1,41 @@
+"""`lmindexer evaluate`: decode a fine-tuned model's evaluation queries with constrained beam search.
+
+Reads a `lmindexer finetune` output; indexes its cold-start documents (greedy codes of the indexer
++ next free counter), writes DIR/eval/<split>.run (TREC), DIR/eval/ids.jsonl and
+DIR/eval/metrics.json (all queries, warm and cold documents separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "Evaluate a fine-tuned model with constrained beam search."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="A `lmindexer finetune` output directory.")
+    parser.add_argument("--splits", default="valid,test", help="Comma-separated splits. Default: valid,test.")
+    parser.add_argument("--beam-size", type=int, default=None, help="Beam width (default: the model's setting, 20).")
+    parser.add_argument("--max-queries", type=int, default=None,
+                        help="Evaluate a seeded sample of at most this many queries (0 = all).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.downstream.experiment import evaluate_task, load_finetuned, load_task
+
+    record, config, _ = load_finetuned(args.model)
+    task = load_task(record["dataset"], record.get("data_dir"), config)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    results = evaluate_task(task, args.model, splits=splits, beam_size=args.beam_size,
+                            max_queries=args.max_queries, progress=not args.no_progress)
+    for split in splits:
+        figures = results[split]
+        print(f"{split}: {figures['queries']} queries  " + "  ".join(f"{k} {v:.4f}" for k, v in figures["all"].items()))
+        for part in ("warm", "cold"):
+            print(f"  {part} ({figures[f'{part}_queries']} queries): "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in figures[part].items()))
+    print(json.dumps(results["cold_start"]))
+    return 0

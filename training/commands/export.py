@@ -1,0 +1,93 @@
+"""`lmindexer export`: write a serving bundle (docs/bundle.md) from fine-tuned models.
+
+The bundle holds the indexer (the LMIndexer network of --ids, or --indexer, or else the retriever),
+the retriever and/or the recommender, the trie and documents of the task's corpus with their final
+IDs (cold-start documents indexed as the service would), and manifest.json with the evaluation
+figures found in each model's eval/metrics.json. ONNX parity is checked on --parity-inputs inputs per
+model; a bundle that fails it is not written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Export a serving bundle (ONNX graphs, trie, documents)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retriever", type=Path, default=None, help="A `lmindexer finetune` output (retrieval).")
+    parser.add_argument("--recommender", type=Path, default=None,
+                        help="A `lmindexer finetune` output (recommendation).")
+    parser.add_argument("--indexer", type=Path, default=None,
+                        help="A saved network for document -> ID (default: the network of the IDs' learn-ids "
+                             "output, else the retriever).")
+    parser.add_argument("--out", type=Path, required=True, help="Bundle directory.")
+    parser.add_argument("--parity-inputs", type=int, default=100, help="Inputs of the parity check per model.")
+    parser.add_argument("--max-document-length", type=int, default=128, help="Tokens of a document (indexer).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing bundle (once the new one is done).")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import random
+
+    from training.downstream.experiment import final_ids, load_finetuned, load_task
+    from training.downstream.export import BundleModel, export_bundle
+    from training.downstream.tasks import load_id_source
+    from training.encoder import load_tokenizer
+    from training.errors import UserInputError
+    from training.indexing.network import SemanticIdNetwork
+
+    given = {name: path for name, path in (("retriever", args.retriever), ("recommender", args.recommender)) if path}
+    if not given:
+        raise UserInputError("give --retriever and/or --recommender")
+    loaded = {name: load_finetuned(path) for name, path in given.items()}
+    records = {name: item[0] for name, item in loaded.items()}
+    if len({r["ids"] for r in records.values()}) != 1:
+        raise UserInputError("the models were fine-tuned on different ID tables")
+    first = next(iter(records.values()))
+    source = load_id_source(first["ids"])
+    cold = set().union(*(set(r["cold_documents"]) for r in records.values()))
+    # Documents: the corpus of the IDs (every task of a bundle indexes the same documents).
+    record, config, network = next(iter(loaded.values()))
+    task = load_task(record["dataset"], record.get("data_dir"), config)
+    documents, ids, _, _ = final_ids(task, source, cold, network.config)
+    rng = random.Random(0)
+    texts = [d.text for d in documents]
+
+    def sample(pool: list[str]) -> list[str]:
+        pool = pool or texts
+        return rng.sample(pool, min(args.parity_inputs, len(pool)))
+
+    models = {}
+    evaluation = {}
+    counter_size = max(item[2].config.counter_size for item in loaded.values())
+    for model_name, (model_record, model_config, model_network) in loaded.items():
+        model_task = load_task(model_record["dataset"], model_record.get("data_dir"), model_config)
+        queries = [t for eval_set in model_task.eval_sets.values() for t in eval_set.texts]
+        models[model_name] = BundleModel(model_network, sample(queries), model_config.max_input_length)
+        metrics = given[model_name] / "eval" / "metrics.json"
+        if metrics.is_file():
+            evaluation[model_name] = json.loads(metrics.read_text(encoding="utf-8"))
+    if args.indexer is not None:
+        indexer = SemanticIdNetwork.load(args.indexer, counter_size=counter_size).eval()
+    elif source.network_dir is not None:
+        indexer = SemanticIdNetwork.load(source.network_dir, counter_size=counter_size).eval()
+    else:
+        indexer = loaded["retriever"][2] if "retriever" in loaded else loaded["recommender"][2]
+    models["indexer"] = BundleModel(indexer, sample(texts), args.max_document_length)
+    tokenizer = load_tokenizer(network.config.encoder)
+    training_config = {"ids": str(source.directory), "method": source.method,
+                       **{n: r["config"] for n, r in records.items()}}
+    max_history = loaded["recommender"][1].max_history if "recommender" in loaded else 20
+    manifest = export_bundle(args.out, models, documents, ids, tokenizer, encoder=network.config.encoder,
+                             max_query_length=max(item[1].max_input_length for item in loaded.values()),
+                             max_document_length=args.max_document_length, max_history=max_history,
+                             evaluation=evaluation, training_config=training_config, overwrite=args.overwrite)
+    print(f"bundle {args.out}: {manifest['num_documents']} documents, models {', '.join(manifest['models'])}")
+    for model_name, figures in manifest["onnx_parity"].items():
+        print(f"  {model_name}: ONNX max |diff| {figures['max_abs_diff']:.2e}, "
+              f"top-10 identical {figures['top10_identical']}")
+    return 0

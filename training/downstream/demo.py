@@ -1,0 +1,211 @@
+"""`lmindexer build-demo`: a small working bundle from the vendored Beauty data, end to end.
+
+Steps (presets training/configs/demo-<preset>.toml; `quick` is `make run`'s bundle, `tiny` the
+tests' bundle):
+
+1. keep the `num_items` most interacted-with Beauty items; every user's sequence is filtered to
+   them and users left with fewer than 3 items are dropped (leave-one-out needs 3);
+2. `learn-ids` on those items (LMIndexer by default; HC is used, with a warning, only if the
+   LMIndexer method cannot be imported);
+3. fine-tune a retriever on document-as-query and title-as-query pairs, and a recommender on the
+   users' leave-one-out training pairs (history texts, most recent first -> next item's ID);
+4. evaluate both briefly (titles -> item for the retriever; validation users for the recommender);
+5. export the bundle (indexer + retriever + recommender), with ONNX parity.
+
+Intermediate files live in a work directory beside the output (kept with `keep_work`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.config import config_to_dict, load_config, preset_path
+from training.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of build-demo (presets: training/configs/demo-<preset>.toml)."""
+
+    num_items: int = field(default=1000, metadata={"help": "Most popular Beauty items kept."})
+    max_users: int = field(default=4000, metadata={"help": "Users kept at most (first in file order)."})
+    ids_method: str = field(default="lmindexer", metadata={"help": "learn-ids method (lmindexer, rqvae, hc)."})
+    ids_preset: str = field(default="quick", metadata={"help": "learn-ids preset."})
+    ids_overrides: tuple[str, ...] = field(default=(), metadata={"help": "learn-ids KEY=VALUE overrides."})
+    retriever_preset: str = field(default="quick", metadata={"help": "finetune preset of the retriever."})
+    retriever_overrides: tuple[str, ...] = field(default=(), metadata={"help": "Retriever KEY=VALUE overrides."})
+    recommender_preset: str = field(default="quick", metadata={"help": "finetune preset of the recommender."})
+    recommender_overrides: tuple[str, ...] = field(default=(), metadata={
+        "help": "Recommender KEY=VALUE overrides."})
+    eval_queries: int = field(default=200, metadata={"help": "Evaluation queries per model (0 = skip)."})
+    parity_inputs: int = field(default=100, metadata={"help": "Inputs of the ONNX parity check per model."})
+    max_document_length: int = field(default=128, metadata={"help": "Tokens of a document for the indexer."})
+    seed: int = field(default=7, metadata={"help": "Seed of the samples (parity inputs, evaluation users)."})
+
+    def __post_init__(self) -> None:
+        if self.num_items < 20:
+            raise ConfigError("num_items must be >= 20")
+
+
+def load_demo_config(preset: str = "quick", overrides: tuple[str, ...] | list[str] = ()) -> DemoConfig:
+    """DemoConfig from training/configs/demo-<preset>.toml (or a TOML path) and KEY=VALUE overrides."""
+    return load_config(DemoConfig, preset_path("demo", preset), overrides)
+
+
+def beauty_subset(num_items: int, max_users: int) -> Any:
+    """The vendored Beauty data restricted to its `num_items` most popular items (see the module docstring)."""
+    from training.data.amazon import AmazonDataset, UserSequence, load_amazon
+
+    dataset = load_amazon()
+    counts = Counter(a for user in dataset.sequences for a in user.items)
+    keep = {asin for asin, _ in counts.most_common(num_items)}
+    sequences = []
+    for user in dataset.sequences:
+        items = tuple(a for a in user.items if a in keep)
+        if len(items) >= 3:
+            sequences.append(UserSequence(user.user_id, items))
+        if len(sequences) >= max_users:
+            break
+    used = {a for s in sequences for a in s.items}
+    items = {asin: item for asin, item in dataset.items.items() if asin in keep and asin in used}
+    logger.info("demo subset: %d items, %d users", len(items), len(sequences))
+    return AmazonDataset(items, sequences, dataset.items_path, dataset.sequences_path)
+
+
+def _learn_ids(corpus: Path, out: Path, config: DemoConfig) -> dict[str, Any]:
+    from training.indexing.learning import learn_ids, resolve_method
+
+    method, preset = config.ids_method, config.ids_preset
+    try:
+        resolve_method(method)
+        preset_path(method, preset)
+    except (ImportError, ConfigError) as exc:
+        logger.warning("learn-ids method %r is not available (%s); the demo falls back to HC IDs", method, exc)
+        method, preset = "hc", "quick"
+    overrides = list(config.ids_overrides) if method == config.ids_method else []
+    return learn_ids(corpus=corpus, method=method, out_dir=out, preset=preset, overrides=overrides,
+                     overwrite=True)
+
+
+def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_work: bool = False,
+               progress: bool = True) -> dict[str, Any]:
+    """Build the demo bundle at `out_dir` (see the module docstring); returns its manifest."""
+    from training.data.amazon import write_items_corpus
+    from training.downstream.evaluate import TorchModel  # noqa: F401  (import errors surface early)
+    from training.downstream.experiment import (
+        EvalSet,
+        Task,
+        beauty_task,
+        evaluate_task,
+        final_ids,
+        finetune_task,
+        load_finetuned,
+    )
+    from training.downstream.export import BundleModel, export_bundle
+    from training.downstream.finetune import FinetuneConfig
+    from training.downstream.tasks import load_id_source
+    from training.encoder import load_tokenizer
+    from training.indexing.network import SemanticIdNetwork
+
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} already exists and is not empty (use --overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.work-", dir=out_dir.parent))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    rng = random.Random(config.seed)
+    try:
+        dataset = beauty_subset(config.num_items, config.max_users)
+        write_items_corpus(dataset, work / "corpus.jsonl")
+        ids_record = _learn_ids(work / "corpus.jsonl", work / "ids", config)
+        timings["learn_ids"] = time.perf_counter() - started
+        source = load_id_source(work / "ids")
+
+        # retriever: document-as-query + title-as-query; evaluated on a sample of titles
+        rec_task = beauty_task(dataset)
+        titles = {d.doc_id: str(d.metadata.get("title") or "") for d in rec_task.documents}
+        title_ids = [d for d in titles if titles[d]]
+        sample = rng.sample(title_ids, min(len(title_ids), config.eval_queries)) if config.eval_queries else []
+        title_set = EvalSet(sample, [titles[d] for d in sample], {d: {d: 1} for d in sample})
+        retrieval = Task(kind="retrieval", name="beauty-titles", documents=rec_task.documents,
+                         eval_sets={"titles": title_set}, titles=titles)
+        retriever_config = load_config(FinetuneConfig, preset_path("finetune", config.retriever_preset),
+                                       [*config.retriever_overrides, 'doc_as_query="on"', "cold_start_fraction=0.0"])
+        recommender_config = load_config(FinetuneConfig, preset_path("finetune", config.recommender_preset),
+                                         [*config.recommender_overrides, "cold_start_fraction=0.0"])
+        mark = time.perf_counter()
+        finetune_task(retrieval, source, retriever_config, work / "retriever", progress=progress)
+        timings["finetune_retriever"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        finetune_task(rec_task, source, recommender_config, work / "recommender", progress=progress)
+        timings["finetune_recommender"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        evaluation: dict[str, Any] = {}
+        if config.eval_queries:
+            evaluation["retriever"] = evaluate_task(retrieval, work / "retriever", splits=("titles",),
+                                                    max_queries=config.eval_queries, progress=progress)
+            evaluation["recommender"] = evaluate_task(rec_task, work / "recommender", splits=("valid", "test"),
+                                                      max_queries=config.eval_queries, progress=progress)
+        timings["evaluate"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        _, retriever_cfg, retriever = load_finetuned(work / "retriever")
+        _, recommender_cfg, recommender = load_finetuned(work / "recommender")
+        documents, ids, _, _ = final_ids(rec_task, source, set(), recommender.config)
+        if source.network_dir is not None:
+            indexer = SemanticIdNetwork.load(source.network_dir, counter_size=recommender.config.counter_size).eval()
+            indexer_note = "the LMIndexer indexer network"
+        else:  # no indexer network (HC / rq-VAE): the retriever maps a document's text to its ID
+            indexer = retriever
+            indexer_note = f"the retriever (the {source.method} method has no indexer network)"
+        texts = [d.text for d in documents]
+        valid = rec_task.eval_sets["valid"]
+        count = config.parity_inputs
+        parity = {
+            "indexer": rng.sample(texts, min(count, len(texts))),
+            "retriever": rng.sample([titles[d] for d in title_ids], min(count, len(title_ids))),
+            "recommender": rng.sample(valid.texts, min(count, len(valid.texts))),
+        }
+        tokenizer = load_tokenizer(recommender.config.encoder)
+        models = {
+            "indexer": BundleModel(indexer, parity["indexer"], config.max_document_length),
+            "retriever": BundleModel(retriever, parity["retriever"], retriever_cfg.max_input_length),
+            "recommender": BundleModel(recommender, parity["recommender"], recommender_cfg.max_input_length),
+        }
+        training_config = {
+            "demo": config_to_dict(config),
+            "ids": {"method": ids_record["method"], "preset": ids_record["preset"], "config": ids_record["config"],
+                    "num_documents": ids_record["num_documents"]},
+            "indexer": indexer_note,
+            "retriever": config_to_dict(retriever_cfg),
+            "recommender": config_to_dict(recommender_cfg),
+        }
+        timings_note = {k: round(v, 1) for k, v in timings.items()}
+        manifest = export_bundle(
+            out_dir, models, documents, ids, tokenizer, encoder=recommender.config.encoder,
+            max_query_length=max(retriever_cfg.max_input_length, recommender_cfg.max_input_length),
+            max_document_length=config.max_document_length, max_history=recommender_cfg.max_history,
+            evaluation=evaluation, training_config={**training_config, "wall_seconds": timings_note},
+            overwrite=overwrite,
+        )
+        timings["export"] = time.perf_counter() - mark
+        logger.info("build-demo done in %.1f s: %s", time.perf_counter() - started,
+                    json.dumps({k: round(v, 1) for k, v in timings.items()}))
+        return manifest
+    finally:
+        if keep_work:
+            logger.info("work files kept in %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,284 @@
+"""One downstream experiment end to end: data -> fine-tune -> cold-start indexing -> evaluation.
+
+A `Task` is the dataset side (documents, training pairs, evaluation queries and qrels) of
+retrieval (Cranfield, or any corpus with queries) or recommendation (Amazon P5 leave-one-out).
+`finetune_task` fine-tunes a network for an ID source and writes DIR/network + DIR/finetune.json;
+`evaluate_task` loads it, gives the cold-start documents their IDs (the indexer's greedy codes +
+next free counter for LMIndexer IDs; methods without an indexer network keep the IDs their
+method gave them, which the run records), decodes every evaluation query with constrained beam
+search over the trie of all documents, writes TREC runs and returns the metrics for all queries,
+and separately for the queries about warm and about cold documents.
+
+Row order of the trie and of the ID table written here: warm documents first (in ID-table
+order), then the cold ones, so cold documents can be inserted after the trie of warm IDs exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from training.config import build_config, config_to_dict
+from training.data.corpus import Document
+from training.downstream.finetune import FinetuneConfig, build_network, finalize_checkpoint, train
+from training.downstream.tasks import (
+    Example,
+    IdSource,
+    choose_cold_documents,
+    history_input,
+    load_id_source,
+    recommendation_examples,
+    retrieval_examples,
+)
+from training.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+RECOMMENDATION_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+RETRIEVAL_METRICS = ("ndcg@10", "recall@10", "mrr@10")
+FINETUNE_RECORD = "finetune.json"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Evaluation queries of one split: ids, input texts and graded qrels."""
+
+    query_ids: list[str]
+    texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+@dataclass
+class Task:
+    """The data side of a downstream task (see the module docstring)."""
+
+    kind: Literal["retrieval", "recommendation"]
+    name: str
+    documents: list[Document]
+    eval_sets: dict[str, EvalSet]
+    # retrieval: training queries (query_id -> text) and qrels; titles for title-as-query pairs
+    train_queries: dict[str, str] = field(default_factory=dict)
+    train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+    # recommendation: (history asins oldest first, target asin) training pairs
+    train_pairs: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The task's reported metrics."""
+        return RECOMMENDATION_METRICS if self.kind == "recommendation" else RETRIEVAL_METRICS
+
+    def examples(self, id_of: Mapping[str, tuple[int, ...]], cold: set[str], config: FinetuneConfig) -> list[Example]:
+        """Training pairs (cold documents excluded), subsampled to config.max_train_examples."""
+        texts = {d.doc_id: d.text for d in self.documents}
+        if self.kind == "recommendation":
+            examples = recommendation_examples(self.train_pairs, texts, id_of, config.max_history, cold)
+        else:
+            doc_as_query = {"on": True, "off": False}.get(config.doc_as_query,
+                                                         len(self.train_queries) < len(self.documents))
+            examples = retrieval_examples(self.train_queries, self.train_qrels, texts, id_of, doc_as_query,
+                                          titles=self.titles, cold=cold)
+        if config.max_train_examples and len(examples) > config.max_train_examples:
+            examples = random.Random(config.seed).sample(examples, config.max_train_examples)
+        return examples
+
+
+def beauty_task(dataset: Any = None, max_history: int = 20, train_examples: str = "prefix",
+                seed: int = 2023) -> Task:
+    """Amazon Beauty (or any AmazonDataset) as a recommendation task: P5 leave-one-out."""
+    from training.data.amazon import AmazonSettings, items_as_documents, leave_one_out, load_amazon
+
+    settings = build_config(AmazonSettings, {"max_history": max_history, "train_examples": train_examples,
+                                             "seed": seed})
+    dataset = dataset or load_amazon(settings)
+    documents = items_as_documents(dataset)
+    texts = {d.doc_id: d.text for d in documents}
+    splits = leave_one_out(dataset, settings)
+
+    def eval_set(examples: Sequence[Any]) -> EvalSet:
+        return EvalSet(query_ids=[e.user_id for e in examples],
+                       texts=[history_input([texts[a] for a in e.history], max_history) for e in examples],
+                       qrels={e.user_id: {e.target: 1} for e in examples})
+
+    return Task(kind="recommendation", name="beauty", documents=documents,
+                eval_sets={"valid": eval_set(splits.valid), "test": eval_set(splits.test)},
+                train_pairs=[(e.history, e.target) for e in splits.train])
+
+
+def cranfield_task(directory: str | Path) -> Task:
+    """Cranfield retrieval with the foundation's fixed train/dev/test query split. The two empty
+    records (471, 995) get their doc_id as text so every document can hold an ID."""
+    from training.data.smart import cranfield_query_split, read_cranfield
+
+    collection = read_cranfield(directory)
+    documents = [d if d.text.strip() else Document(d.doc_id, f"document {d.doc_id}", d.category, d.metadata)
+                 for d in collection.documents]
+    queries = {q.query_id: q.text for q in collection.queries}
+    split = cranfield_query_split(list(queries))
+
+    def eval_set(ids: Sequence[str]) -> EvalSet:
+        kept = [q for q in ids if any(g > 0 for g in collection.qrels.get(q, {}).values())]
+        return EvalSet(query_ids=kept, texts=[queries[q] for q in kept],
+                       qrels={q: dict(collection.qrels[q]) for q in kept})
+
+    return Task(kind="retrieval", name="cranfield", documents=documents,
+                eval_sets={"valid": eval_set(split["dev"]), "test": eval_set(split["test"])},
+                train_queries={q: queries[q] for q in split["train"]},
+                train_qrels={q: dict(collection.qrels.get(q, {})) for q in split["train"]},
+                titles={d.doc_id: str(d.metadata.get("title", "")) for d in documents})
+
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DATASETS = ("beauty", "cranfield")
+
+
+def load_task(name: str, data_dir: str | Path | None = None, config: FinetuneConfig | None = None) -> Task:
+    """A task by dataset name: "beauty" (recommendation, P5 leave-one-out; `data_dir` holds
+    items.jsonl.gz and user_sequence.txt.gz) or "cranfield" (retrieval; `data_dir` holds the SMART files).
+    Defaults: the vendored copies under data/."""
+    config = config or FinetuneConfig()
+    if name == "beauty":
+        from training.data.amazon import AmazonSettings, load_amazon
+
+        dataset = None
+        if data_dir is not None:
+            directory = Path(data_dir)
+            dataset = load_amazon(build_config(AmazonSettings, {
+                "items_path": directory / "items.jsonl.gz", "sequences_path": directory / "user_sequence.txt.gz"}))
+        return beauty_task(dataset, max_history=config.max_history, train_examples=config.train_examples)
+    if name == "cranfield":
+        return cranfield_task(Path(data_dir) if data_dir is not None else DATA_DIR / "cranfield")
+    raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+def finetune_task(task: Task, source: IdSource, config: FinetuneConfig, out_dir: Path,
+                  progress: bool = True, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune a network on `task` for the IDs of `source`; writes out_dir/network and finetune.json."""
+    out_dir = Path(out_dir)
+    id_of = source.id_of()
+    doc_ids = [d.doc_id for d in task.documents if d.doc_id in id_of]
+    if len(doc_ids) < len(task.documents):
+        logger.warning("%d of %d documents have no semantic ID in %s and are ignored",
+                       len(task.documents) - len(doc_ids), len(task.documents), source.directory)
+    cold = choose_cold_documents(doc_ids, config.cold_start_fraction, config.seed)
+    examples = task.examples(id_of, cold, config)
+    logger.info("%s: %d training pairs, %d documents (%d held out for cold start)", task.name, len(examples),
+                len(doc_ids), len(cold))
+    network = build_network(source, config)
+    history = train(network, examples, config, out_dir, progress=progress)
+    network.save(out_dir / "network")
+    finalize_checkpoint(out_dir)
+    record = {
+        "task": task.kind, "dataset": task.name, "data_dir": str(data_dir) if data_dir else None,
+        "ids": str(Path(source.directory).resolve()),
+        "method": source.method, "cold_documents": sorted(cold), "config": config_to_dict(config),
+        "training": {k: v for k, v in history.items() if k != "config"},
+        "initialised_from": "indexer network" if source.network_dir is not None else "pretrained encoder",
+    }
+    (out_dir / FINETUNE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return record
+
+
+def load_finetuned(out_dir: Path) -> tuple[dict[str, Any], FinetuneConfig, Any]:
+    """(finetune.json, its config, the fine-tuned network) of a finetune output directory."""
+    from training.indexing.network import SemanticIdNetwork
+
+    out_dir = Path(out_dir)
+    path = out_dir / FINETUNE_RECORD
+    if not path.is_file():
+        raise ConfigError(f"{out_dir} is not a finetune output (no {FINETUNE_RECORD})")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    config = build_config(FinetuneConfig, record["config"], source=str(path))
+    network = SemanticIdNetwork.load(out_dir / "network").eval()
+    return record, config, network
+
+
+def final_ids(task: Task, source: IdSource, cold: set[str], network_config: Any,
+              progress: bool = False) -> tuple[list[Document], np.ndarray, Any, dict[str, Any]]:
+    """Documents in trie row order (warm, then cold), their IDs, the trie and a cold-start note.
+
+    Cold documents get greedy codes from the indexer network + the next free counter when the IDs
+    come from LMIndexer; otherwise they keep their method's IDs.
+    """
+    from training.downstream.cold_start import index_cold_documents
+    from training.downstream.evaluate import TorchModel
+    from training.encoder import load_tokenizer
+    from training.indexing.network import SemanticIdNetwork
+    from trie import SemanticIdTrie
+
+    id_of = source.id_of()
+    sizes = list(network_config.codebook_sizes)
+    known = [d for d in task.documents if d.doc_id in id_of]
+    warm = [d for d in known if d.doc_id not in cold]
+    cold_docs = [d for d in known if d.doc_id in cold]
+    warm_ids = np.asarray([id_of[d.doc_id] for d in warm], dtype=np.int64).reshape(len(warm), len(sizes))
+    note: dict[str, Any] = {"cold_documents": len(cold_docs)}
+    if cold_docs and source.network_dir is not None:
+        indexer = SemanticIdNetwork.load(source.network_dir).eval()
+        model = TorchModel(indexer, load_tokenizer(indexer.config.encoder), max_length=128)
+        trie, cold_ids = index_cold_documents(model, [d.text for d in cold_docs], warm_ids,
+                                              np.arange(len(warm)), np.arange(len(warm), len(known)), sizes)
+        original = np.asarray([id_of[d.doc_id] for d in cold_docs])
+        note["assignment"] = "indexer greedy codes + next free counter"
+        note["same_learned_codes_as_indexing"] = float((cold_ids[:, :-1] == original[:, :-1]).all(1).mean())
+        ids = np.concatenate([warm_ids, cold_ids])
+        trie = trie.compacted() if hasattr(trie, "compacted") else trie
+    else:
+        ids = np.asarray([id_of[d.doc_id] for d in warm + cold_docs], dtype=np.int64).reshape(len(known), len(sizes))
+        trie = SemanticIdTrie.build(ids, codebook_sizes=sizes)
+        note["assignment"] = "the ID method's own IDs (no indexer network)" if cold_docs else "none"
+    return warm + cold_docs, ids, trie, note
+
+
+def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "test"), beam_size: int | None = None,
+                  max_queries: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a finetune output on `splits`; writes out_dir/eval/<split>.run and metrics.json."""
+    from training.data.trec import write_run
+    from training.downstream.evaluate import TorchModel, beam_search, decoded_run, restrict_qrels, score_run
+    from training.encoder import load_tokenizer
+    from training.indexing.id_table import write_ids_jsonl
+
+    out_dir = Path(out_dir)
+    record, config, network = load_finetuned(out_dir)
+    source = load_id_source(record["ids"])
+    cold = set(record["cold_documents"])
+    documents, ids, trie, note = final_ids(task, source, cold, network.config, progress)
+    eval_dir = out_dir / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    write_ids_jsonl(eval_dir / "ids.jsonl", [d.doc_id for d in documents], ids)
+    model = TorchModel(network, load_tokenizer(network.config.encoder), config.max_input_length)
+    beam_size = beam_size or config.beam_size
+    limit = max_queries if max_queries is not None else config.eval_max_queries
+    results: dict[str, Any] = {"cold_start": note, "beam_size": beam_size, "method": record["method"]}
+    doc_ids = [d.doc_id for d in documents]
+    for split in splits:
+        eval_set = task.eval_sets[split]
+        query_ids, texts = eval_set.query_ids, eval_set.texts
+        if limit and len(query_ids) > limit:
+            chosen = sorted(random.Random(config.seed).sample(range(len(query_ids)), limit))
+            query_ids, texts = [query_ids[i] for i in chosen], [texts[i] for i in chosen]
+        qrels = {q: eval_set.qrels[q] for q in query_ids}
+        decoded = beam_search(model, texts, trie, beam_size=beam_size, top_k=10, batch_size=config.eval_batch_size,
+                              progress=progress)
+        run = decoded_run(decoded, query_ids, doc_ids)
+        write_run(eval_dir / f"{split}.run", run, tag=f"lmindexer-{record['method']}")
+        warm_qrels = restrict_qrels(qrels, lambda d: d not in cold)
+        cold_qrels = restrict_qrels(qrels, lambda d: d in cold)
+        results[split] = {
+            "all": score_run(run, qrels, task.metrics), "queries": len(qrels),
+            "warm": score_run(run, warm_qrels, task.metrics), "warm_queries": len(warm_qrels),
+            "cold": score_run(run, cold_qrels, task.metrics), "cold_queries": len(cold_qrels),
+            "seconds_per_query": decoded.seconds / max(1, len(texts)),
+            "valid_ids": bool(all(trie.row_of(tuple(r)) is not None
+                                  for q in range(len(texts)) for r in decoded.semantic_ids[q, :decoded.counts[q]])),
+        }
+        logger.info("%s %s: %s", task.name, split, json.dumps(results[split]["all"]))
+    (eval_dir / "metrics.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    return results

@@ -1,0 +1,298 @@
+"""Fine-tuning the semantic-ID network: input text -> semantic ID, teacher forcing, CE per level.
+
+The network (`training.indexing.network.SemanticIdNetwork`) is initialised from the indexer's
+saved network when the IDs come from LMIndexer, and otherwise from the pretrained encoder with a
+fresh decoder and codebooks sized to the ID table (`build_network`). The loss is the mean over
+levels 0..L of the cross-entropy of the teacher-forced logits (the network's `forward`).
+
+The loop (`train`): AdamW with linear warm-up and linear decay, gradient clipping, mixed
+precision on CUDA (bf16 where supported, else fp16 with a grad scaler), DistributedDataParallel
+when started under `torchrun` (WORLD_SIZE > 1), a tqdm progress bar, and a checkpoint every
+`checkpoint_every` steps (network + optimiser + scheduler + step) from which a re-run resumes.
+The data order is a function of (seed, epoch) only, so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.config import config_to_dict
+from training.downstream.tasks import Example, IdSource
+from training.encoder import DEFAULT_ENCODER, load_tokenizer
+from training.errors import ConfigError
+from training.indexing.network import NetworkConfig, SemanticIdNetwork
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+TRAINER_STATE = "trainer.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning run (presets: training/configs/finetune-<preset>.toml)."""
+
+    steps: int = field(default=2000, metadata={"help": "Optimiser steps."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per step (per process under DDP)."})
+    lr: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
+    head_lr: float = field(default=1e-3, metadata={
+        "help": "Peak learning rate of the ID decoder, codebooks and counter head (fresh or small parts)."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps, then linear decay to 0."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clipping (0 = off)."})
+    max_input_length: int = field(default=64, metadata={"help": "Tokens of the input text (queries, histories)."})
+    amp: bool = field(default=True, metadata={"help": "Mixed precision on CUDA (ignored on CPU)."})
+    checkpoint_every: int = field(default=500, metadata={"help": "Steps between resumable checkpoints (0 = end)."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation and data order."})
+    num_threads: int = field(default=2, metadata={
+        "help": "torch CPU threads (the CPU machines are shared; 1 is faster when the cores are oversubscribed)."})
+    train_word_embeddings: bool = field(default=False, metadata={
+        "help": "Also train the encoder's word embeddings (a third of MiniLM's weights; frozen by default, "
+                "which halves the optimiser's work and keeps unseen words where pre-training put them)."})
+    # task data
+    doc_as_query: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "Retrieval: add document-as-query (and title-as-query) pairs; 'auto' = when there are fewer "
+                "training queries than documents."})
+    max_history: int = field(default=20, metadata={"help": "Recommendation: items of history in the input."})
+    train_examples: Literal["prefix", "official"] = field(default="prefix", metadata={
+        "help": "Recommendation training pairs: every prefix, or the official code's random windows."})
+    max_train_examples: int = field(default=0, metadata={
+        "help": "Use at most this many training pairs (seeded sample; 0 = all). For reduced CPU presets."})
+    cold_start_fraction: float = field(default=0.05, metadata={
+        "help": "Fraction of documents held out of fine-tuning and indexed afterwards (cold start)."})
+    # network (used when the IDs come without an indexer network)
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "Pretrained encoder for rq-VAE / HC IDs."})
+    decoder_layers: int = field(default=2, metadata={"help": "ID decoder layers for a fresh network."})
+    min_counter_size: int = field(default=64, metadata={
+        "help": "Counter-level size at least this (room for documents indexed after training)."})
+    # evaluation
+    beam_size: int = field(default=20, metadata={"help": "Beam width of the constrained beam search."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Queries per beam-search batch."})
+    eval_max_queries: int = field(default=0, metadata={"help": "Evaluate at most this many queries (0 = all)."})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be >= 1")
+        if self.max_input_length < 4:
+            raise ConfigError("max_input_length must be >= 4")
+        if not 0.0 <= self.cold_start_fraction < 1.0:
+            raise ConfigError(f"cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
+
+
+def build_network(source: IdSource, config: FinetuneConfig) -> SemanticIdNetwork:
+    """The network to fine-tune for the IDs of `source`.
+
+    LMIndexer IDs: the indexer's saved network (counter head grown to the ID table if needed).
+    Other IDs: the pretrained encoder with a fresh decoder, codebooks and counter head sized to them.
+    """
+    counter_size = max(source.table.counter_size, config.min_counter_size)
+    if source.network_dir is not None:
+        saved = json.loads((source.network_dir / "network.json").read_text())["network"]
+        if saved["num_levels"] != source.num_levels or saved["codebook_size"] < source.codebook_size:
+            raise ConfigError(f"{source.network_dir}: network shape L={saved['num_levels']} "
+                              f"K={saved['codebook_size']} does not fit the IDs (L={source.num_levels}, "
+                              f"K={source.codebook_size})")
+        network = SemanticIdNetwork.load(source.network_dir,
+                                         counter_size=max(counter_size, int(saved["counter_size"])))
+        logger.info("initialised from the indexer network %s", source.network_dir)
+        return network
+    torch.manual_seed(config.seed)
+    network_config = NetworkConfig(encoder=config.encoder, num_levels=source.num_levels,
+                                   codebook_size=source.codebook_size, counter_size=counter_size,
+                                   decoder_layers=config.decoder_layers)
+    logger.info("fresh decoder for %s IDs: L=%d K=%d counter %d", source.method, source.num_levels,
+                source.codebook_size, counter_size)
+    return SemanticIdNetwork(network_config)
+
+
+def load_network_tokenizer(network: SemanticIdNetwork) -> Any:
+    """The Hugging Face fast tokenizer of the network's encoder."""
+    return load_tokenizer(network.config.encoder)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _parameter_groups(network: SemanticIdNetwork, config: FinetuneConfig) -> list[dict[str, Any]]:
+    """Encoder at `lr`, the rest at `head_lr`; no weight decay on biases, norms and codebooks."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in network.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_encoder = name.startswith("encoder.")
+        no_decay = parameter.ndim < 2 or "norm" in name.lower() or name in ("codebooks", "counter_head")
+        groups.setdefault((is_encoder, no_decay), []).append(parameter)
+    return [{"params": params, "lr": config.lr if is_encoder else config.head_lr,
+             "weight_decay": 0.0 if no_decay else config.weight_decay}
+            for (is_encoder, no_decay), params in groups.items()]
+
+
+def _schedule(config: FinetuneConfig) -> Any:
+    """Linear warm-up to 1, then linear decay to 0 at `steps` (a LambdaLR multiplier)."""
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / max(1, config.warmup_steps)
+        return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))
+    return factor
+
+
+def level_losses(logits: Sequence[torch.Tensor], codes: torch.Tensor) -> torch.Tensor:
+    """(L + 1,) cross-entropy of each level: logits[t] (B, size_t), codes (B, L + 1)."""
+    return torch.stack([nn.functional.cross_entropy(x.float(), codes[:, t]) for t, x in enumerate(logits)])
+
+
+def _batches_for_epoch(num_examples: int, batch_size: int, seed: int, epoch: int, rank: int,
+                       world: int) -> list[np.ndarray]:
+    """The epoch's batches of example indices for this process: a permutation seeded by (seed, epoch),
+    cut into global batches of batch_size * world, each process taking its slice."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    global_batch = batch_size * world
+    batches = []
+    for start in range(0, num_examples - global_batch + 1 if num_examples >= global_batch else 1, global_batch):
+        chunk = order[start:start + global_batch]
+        batches.append(chunk[rank::world])
+    return batches
+
+
+def save_checkpoint(directory: Path, network: SemanticIdNetwork, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, scaler: Any, step: int, losses: list[float]) -> None:
+    """Write a resumable checkpoint atomically (a staged directory renamed into place)."""
+    stage = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(stage, ignore_errors=True)
+    network.save(stage)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "step": step, "losses": losses}, stage / TRAINER_STATE)
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    stage.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train(network: SemanticIdNetwork, examples: Sequence[Example], config: FinetuneConfig,
+          out_dir: Path, tokenizer: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune `network` in place on `examples`; checkpoints under out_dir/checkpoint.
+
+    Resumes from out_dir/checkpoint when one exists. Returns the loss history and timings.
+    """
+    if not examples:
+        raise ConfigError("no training examples (every target held out, or an empty task)")
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, local_rank, world = _distributed()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, config.num_threads))
+    tokenizer = tokenizer or load_network_tokenizer(network)
+    checkpoint = out_dir / CHECKPOINT_DIR
+    start_step, losses = 0, []
+    trainer_state = None
+    if (checkpoint / TRAINER_STATE).is_file():
+        resumed = SemanticIdNetwork.load(checkpoint)
+        network.load_state_dict(resumed.state_dict())
+        trainer_state = torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
+        start_step, losses = int(trainer_state["step"]), list(trainer_state["losses"])
+        logger.info("resuming from %s at step %d", checkpoint, start_step)
+    network.to(device).train()
+    word_embeddings = getattr(getattr(network.encoder, "embeddings", None), "word_embeddings", None)
+    if word_embeddings is None and hasattr(network.encoder, "embed_tokens"):  # T5 encoder stack
+        word_embeddings = network.encoder.embed_tokens
+    if word_embeddings is not None:
+        word_embeddings.weight.requires_grad_(config.train_word_embeddings)
+    model: nn.Module = network
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(network, device_ids=[local_rank] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(_parameter_groups(network, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    if trainer_state is not None:
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        if scaler is not None and trainer_state.get("scaler"):
+            scaler.load_state_dict(trainer_state["scaler"])
+
+    texts = [e.text for e in examples]
+    targets = torch.tensor([e.semantic_id for e in examples], dtype=torch.long)  # (N, L+1)
+    per_epoch = len(_batches_for_epoch(len(examples), config.batch_size, config.seed, 0, rank, world))
+    started = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=start_step, desc="finetune", unit="step",
+               disable=not progress or rank != 0)
+    step = start_step
+    while step < config.steps:
+        epoch, offset = divmod(step, per_epoch)
+        batches = _batches_for_epoch(len(examples), config.batch_size, config.seed, epoch, rank, world)
+        for rows in batches[offset:]:
+            if step >= config.steps:
+                break
+            encoded = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                max_length=config.max_input_length, return_tensors="pt")
+            codes = targets[rows].to(device)  # (B, L+1)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(encoded["input_ids"].to(device), encoded["attention_mask"].to(device), codes)
+            per_level = level_losses(logits, codes)  # (L+1,)
+            loss = per_level.mean()
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}",
+                            levels="/".join(f"{v:.2f}" for v in per_level.detach().tolist()))
+            if rank == 0 and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                save_checkpoint(checkpoint, network, optimizer, scheduler, scaler, step, losses)
+    bar.close()
+    network.eval()
+    seconds = time.perf_counter() - started
+    logger.info("fine-tuned %d steps (%d examples) in %.1f s, final loss %.4f", config.steps - start_step,
+                len(examples), seconds, float(np.mean(losses[-20:])) if losses else math.nan)
+    return {"steps": step, "resumed_from": start_step, "examples": len(examples), "losses": losses,
+            "train_seconds": round(seconds, 3), "device": str(device), "world_size": world,
+            "config": config_to_dict(config)}
+
+
+def finalize_checkpoint(out_dir: Path) -> None:
+    """Remove the resumable checkpoint once the final network is saved."""
+    shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
