@@ -45,7 +45,7 @@ def semantic_ids(seed: int) -> np.ndarray:
     return np.unique(np.concatenate([chosen, every[:: SIZES[1] * SIZES[2]]]), axis=0)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_top_k_ids_and_scores_match_transformers_generate(seed: int) -> None:
     model = tiny_t5(seed)
     ids = semantic_ids(seed)

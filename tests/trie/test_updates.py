@@ -31,23 +31,28 @@ def small_layers() -> Iterator[None]:
         yield
 
 
+EVERY_ID = all_prefixes(SIZES)
+
+
 def assert_matches_model(trie: SemanticIdTrie, model: dict[tuple[int, ...], int]) -> None:
     """Every read of ``trie`` agrees with the dict ``{semantic ID: row}``."""
     assert len(trie) == len(model)
     ids, rows = trie.to_arrays()
     assert dict(zip(map(tuple, ids.tolist()), rows.tolist(), strict=True)) == model
     assert ids.tolist() == sorted(ids.tolist())
-    every_id = all_prefixes(SIZES)
-    assert trie.rows_of(every_id).tolist() == [model.get(tuple(row), -1) for row in every_id.tolist()]
+    assert trie.rows_of(EVERY_ID).tolist() == [model.get(tuple(row), -1) for row in EVERY_ID.tolist()]
     by_row = {row: semantic_id for semantic_id, row in model.items()}
-    for row in range(30):
-        assert trie.semantic_id_of(row) == by_row.get(row)
+    held = trie.semantic_ids_of(np.arange(40))
+    assert [tuple(row) if row[0] >= 0 else None for row in held.tolist()] == [by_row.get(r) for r in range(40)]
     for depth in range(len(SIZES)):
         prefixes = all_prefixes(SIZES[:depth])
-        mask = trie.allowed_mask(prefixes)
-        for index, prefix in enumerate(map(tuple, prefixes.tolist())):
-            expected = {semantic_id[depth] for semantic_id in model if semantic_id[:depth] == prefix}
-            assert set(np.flatnonzero(mask[index]).tolist()) == expected
+        expected = np.zeros((len(prefixes), SIZES[depth]), dtype=bool)
+        if model:
+            present = np.array(list(model), dtype=np.int64)
+            # Index of each present ID's prefix among all prefixes (lexicographic = mixed-radix order).
+            prefix_index = np.ravel_multi_index(tuple(present[:, :depth].T), SIZES[:depth]) if depth else 0
+            expected[prefix_index, present[:, depth]] = True
+        np.testing.assert_array_equal(trie.allowed_mask(prefixes), expected)
 
 
 operations = st.lists(
@@ -65,7 +70,7 @@ operations = st.lists(
 def test_updates_agree_with_a_dict_model_and_leave_old_versions_unchanged(
     small_layers: None, initial: list[int], steps: list[tuple[str, list[int]]]
 ) -> None:
-    every_id = all_prefixes(SIZES)
+    every_id = EVERY_ID
     model = {tuple(every_id[flat].tolist()): row for row, flat in enumerate(initial)}
     trie = SemanticIdTrie.build(every_id[initial].reshape(-1, 3), codebook_sizes=SIZES)
     next_row = len(initial)
