@@ -229,7 +229,9 @@ class EncoderRunner:
 
     frozen_layers = None: the whole encoder is trained (nothing cached). Otherwise the outputs of
     the bottom `frozen_layers` layers (all of them when the whole encoder is frozen) are computed
-    once in eval mode and kept in memory as float16, one (S_i, d) tensor per document.
+    once in eval mode and kept in memory in float32 (exactly what the network computes at
+    inference, so assigned codes and greedy decoding of the saved network agree), one (S_i, d)
+    tensor per document.
     """
 
     def __init__(self, network: SemanticIdNetwork, config: LMIndexerConfig) -> None:
@@ -293,7 +295,7 @@ class EncoderRunner:
             rows = order[start : start + batch_size]
             ids = _pad([corpus.input_ids[i] for i in rows], corpus.pad_id).to(device)
             mask = (_pad([torch.ones_like(corpus.input_ids[i]) for i in rows], 0)).to(device)
-            states = self._bottom(ids, mask).to(torch.float16).cpu()
+            states = self._bottom(ids, mask).float().cpu()
             for j, i in enumerate(rows):
                 cache[i] = states[j, : len(corpus.input_ids[i])].clone()
         self.cache = [c for c in cache if c is not None]
@@ -337,7 +339,7 @@ def _state_cache_path(key: str | None) -> Path | None:
 def _state_cache_key(texts: Sequence[str], config: LMIndexerConfig, frozen_layers: int | None) -> str:
     digest = hashlib.sha256()
     digest.update(str(resolve_encoder_path(config.encoder).resolve()).encode())
-    digest.update(f"|{config.max_length}|{frozen_layers}|{len(texts)}|".encode())
+    digest.update(f"|{config.max_length}|{frozen_layers}|float32|{len(texts)}|".encode())
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
@@ -571,7 +573,10 @@ class LMIndexer:
                                    amp=config.amp, patience=config.patience, checkpoint_every=config.checkpoint_every,
                                    progress=config.progress)
         flat = [p for group, _ in parameters for p in group]
-        trainer = Trainer(self.model, flat, settings, self.checkpoint_dir, name, self.context)
+        frozen = {f"network.encoder.{k}" for k, v in self.network.encoder.named_parameters() if not v.requires_grad}
+        frozen |= {f"network.encoder.{k}" for k, _ in self.network.encoder.named_buffers()}
+        trainer = Trainer(self.model, flat, settings, self.checkpoint_dir, name, self.context,
+                          skip_in_checkpoint=frozen.__contains__)
         # one parameter group per learning rate; codebooks never decay
         groups = []
         for group, lr in parameters:

@@ -144,8 +144,11 @@ class Trainer:
     """Runs `step` over `make_batches(epoch)` with the settings above (see the module docstring)."""
 
     def __init__(self, module: nn.Module, parameters: Iterable[nn.Parameter], settings: TrainerSettings,
-                 checkpoint_dir: Path | None = None, name: str = "train", context: DistContext | None = None) -> None:
+                 checkpoint_dir: Path | None = None, name: str = "train", context: DistContext | None = None,
+                 skip_in_checkpoint: Callable[[str], bool] | None = None) -> None:
         self.module = module
+        # state_dict keys left out of checkpoints (e.g. a frozen pretrained encoder: it never changes)
+        self.skip_in_checkpoint = skip_in_checkpoint or (lambda key: False)
         self.parameters = [p for p in parameters if p.requires_grad]
         if not self.parameters:
             raise ValueError(f"stage {name!r} has no trainable parameter")
@@ -180,6 +183,16 @@ class Trainer:
         if self.checkpoint_path is None or not self.checkpoint_path.is_file():
             return None
         return torch.load(self.checkpoint_path, map_location=self.context.device, weights_only=False)
+
+    def _module_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.module.state_dict().items() if not self.skip_in_checkpoint(k)}
+
+    def _load_module(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.module.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not self.skip_in_checkpoint(k)]
+        if missing or unexpected:
+            raise RuntimeError(f"{self.name}: checkpoint does not match the module (missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]})")
 
     def _average_gradients(self) -> None:
         if self.context.world_size <= 1:
@@ -226,7 +239,7 @@ class Trainer:
         checkpoint = self._load()
         if checkpoint is not None:
             resumed = True
-            self.module.load_state_dict(checkpoint["module"])
+            self._load_module(checkpoint["module"])
             if checkpoint.get("done"):
                 logger.info("%s: already finished (checkpoint %s)", self.name, self.checkpoint_path)
                 return FitResult(checkpoint["position"]["global_step"], checkpoint["position"]["epoch"],
@@ -245,7 +258,7 @@ class Trainer:
 
         def snapshot(done: bool = False) -> dict[str, Any]:
             return {
-                "module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "module": self._module_state(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": self.scaler.state_dict(), "position": dict(position),
                 "history": history, "best_score": best_score, "best_state": best_state, "bad_epochs": bad_epochs,
                 "rng": _rng_state(), "done": done, "stopped_early": stopped_early,
@@ -301,7 +314,7 @@ class Trainer:
                     best_score = score
                     bad_epochs = 0
                     if settings.patience:
-                        best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+                        best_state = {k: v.detach().clone() for k, v in self._module_state().items()}
                 else:
                     bad_epochs += 1
                     if settings.patience and bad_epochs >= settings.patience:
@@ -315,7 +328,7 @@ class Trainer:
             position["batch"] = 0
             self._save(snapshot())
         if best_state is not None and settings.patience:
-            self.module.load_state_dict(best_state)
+            self._load_module(best_state)
             best_state = None
         self._save(snapshot(done=True))
         self.module.eval()

@@ -1,0 +1,102 @@
+"""The LMIndexer schedule end to end on a tiny corpus: shapes, saved network, determinism, presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import load_config, preset_path
+from training.data.corpus import Document
+from training.errors import ConfigError
+from training.indexing.lmindexer import LMIndexerConfig, learn_lmindexer_codes
+from training.indexing.network import SemanticIdNetwork
+
+COLOURS = ["red", "blue", "green", "black"]
+KINDS = [("nail polish", "Beauty, Makeup, Nails"), ("face cream", "Beauty, Skin Care, Face"),
+         ("shampoo", "Beauty, Hair Care, Shampoos")]
+
+
+def _documents(n: int = 24) -> list[Document]:
+    docs = []
+    for i in range(n):
+        kind, category = KINDS[i % len(KINDS)]
+        text = f"title: {COLOURS[i % 4]} {kind} {i}, category: {category}"
+        docs.append(Document(doc_id=f"d{i}", text=text, category=category))
+    return docs
+
+
+TINY = LMIndexerConfig(
+    num_levels=2, codebook_size=4, max_length=20, train_encoder_layers=0, decoder_layers=1, decoder_ff_size=32,
+    reconstructor_ff_size=32, recon_vocab="corpus", recon_target_fraction=0.5, warmup_epochs=1,
+    nocode_epochs=(1,), full_epochs=(1,), batch_size=8, dev_size=8, kmeans_n_init=1, kmeans_max_iter=20,
+    progress=False, num_threads=1,
+)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("lmindexer")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMINDEXER_CACHE_DIR", "off")
+        learned = learn_lmindexer_codes(_documents(), TINY, out)
+    return out, learned
+
+
+def test_codes_shape_files_and_saved_network(first_run) -> None:
+    out, learned = first_run
+    assert learned.codes.shape == (24, 2) and learned.codes.dtype == np.int64
+    assert learned.codebook_sizes == (4, 4)
+    assert learned.codes.min() >= 0 and learned.codes.max() < 4
+    for relative in learned.files.values():
+        assert (out / relative).is_file(), relative
+    network = SemanticIdNetwork.load(out / "network")
+    assert network.config.num_levels == 2 and network.config.codebook_size == 4
+    # The saved network reproduces the learned codes by greedy decoding (design.md, job 2).
+    from training.indexing.lmindexer import tokenize_corpus
+
+    corpus = tokenize_corpus([d.text for d in _documents()], TINY)
+    ids = torch.nn.utils.rnn.pad_sequence(corpus.input_ids, batch_first=True, padding_value=corpus.pad_id)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in corpus.input_ids], batch_first=True)
+    with torch.no_grad():
+        network.eval()
+        states = network.encode(ids, mask)
+        codes = torch.zeros(24, 1, 2, dtype=torch.int64)
+        for level in range(2):
+            codes[:, 0, level] = network.decoder_step(states, mask, codes, torch.tensor(level))[:, 0].argmax(-1)
+    assert np.array_equal(codes[:, 0].numpy(), learned.codes)
+    record = json.loads((out / "lmindexer.json").read_text())
+    assert record["config"]["codebook_size"] == 4
+    levels = learned.diagnostics["levels"]
+    assert [lv["level"] for lv in levels] == [0, 1]
+    for lv in levels:
+        assert 1.0 <= lv["perplexity"] <= 4.0 and 0 < lv["usage"] <= 1.0
+        assert 0.0 <= lv["reconstruction_accuracy"] <= 1.0
+    assert levels[1]["diff_ratio"] is not None
+    stages = [s["stage"] for s in learned.diagnostics["stages"]]
+    assert stages == ["level0-warmup", "level0-nocode", "level0-full", "level1-nocode", "level1-full"]
+
+
+def test_deterministic_on_cpu_and_resumable(first_run, tmp_path: Path, monkeypatch) -> None:
+    _, learned = first_run
+    monkeypatch.setenv("LMINDEXER_CACHE_DIR", "off")
+    again = learn_lmindexer_codes(_documents(), TINY, tmp_path / "again")
+    assert np.array_equal(again.codes, learned.codes)
+    # every stage checkpoint is marked done: a rerun in the same place skips the training
+    resumed = learn_lmindexer_codes(_documents(), TINY, tmp_path / "again")
+    assert np.array_equal(resumed.codes, learned.codes)
+    assert all(s.get("resumed") for s in resumed.diagnostics["stages"] if s.get("epochs"))
+
+
+def test_presets_load_and_bad_settings_fail() -> None:
+    for preset in ("quick", "paper", "cpu"):
+        config = load_config(LMIndexerConfig, preset_path("lmindexer", preset))
+        assert config.num_levels >= 2
+    assert load_config(LMIndexerConfig, preset_path("lmindexer", "paper")).codebook_size == 512
+    with pytest.raises(ConfigError):
+        load_config(LMIndexerConfig, None, ["hint_mask_probs=[1.5]"])
+    with pytest.raises(ConfigError):
+        load_config(LMIndexerConfig, None, ["no_such_setting=1"])
