@@ -135,7 +135,7 @@ def test_schemathesis_finds_no_server_error(bundle_dir: Path, tmp_path: Path) ->
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json",
              "--checks", "not_a_server_error", "--max-examples", "30", "--seed", "1", "--workers", "1",
-             "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--max-time", "90"],
+             "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--max-time", "40"],
             capture_output=True, text=True, timeout=240, cwd=tmp_path)
         log = service.log_tail(20)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:] + log

@@ -100,7 +100,7 @@ def test_a_hung_redis_costs_at_most_the_timeout() -> None:
     metrics = Metrics()
 
     async def scenario() -> float:
-        ranker, inner, link = _make(f"redis://127.0.0.1:{port}/0", metrics, timeout_s=0.1, retry=5.0)
+        ranker, _, link = _make(f"redis://127.0.0.1:{port}/0", metrics, timeout_s=0.1, retry=5.0)
         started = time.perf_counter()
         for i in range(10):
             await ranker.rank("retriever", f"q{i}", 5)
