@@ -18,16 +18,19 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from lmindexer.cli import COMMANDS
 from service.settings import ENV_PREFIX, ServiceSettings
+from tests.integration.conftest import free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -540,3 +543,42 @@ def test_compose_cli_validates_the_files(tmp_path: Path) -> None:
     result = subprocess.run([*cli, "config", "-q"], cwd=REPO, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "LMINDEXER_API_KEY" in result.stderr, "required variables must be enforced"
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no `promtool` (Debian's package `prometheus` ships it; .ci/run installs it)")
+    result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_CONF)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_redis_server_accepts_the_compose_command(resolved: dict[str, Any], tmp_path: Path) -> None:
+    """The compose service's redis-server arguments, run for real on a free loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no `redis-server` binary")
+    command = resolved["services"]["redis"]["command"]
+    assert command[0] == "redis-server"
+    port = free_port()
+    proc = subprocess.Popen([binary, *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                             "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        for _ in range(50):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, f"redis-server refused {command[1:]} (exit {proc.returncode})"
+                time.sleep(0.1)
+        config = {key: client.config_get(key)[key] for key in ("appendonly", "appendfsync", "maxmemory-policy")}
+        assert config == {"appendonly": "yes", "appendfsync": command[command.index("--appendfsync") + 1],
+                          "maxmemory-policy": "volatile-lru"}
+        client.xadd("stream", {"update": "1"})  # the AOF is written where the volume is mounted (/data)
+        client.execute_command("BGREWRITEAOF")
+    finally:
+        client.close()
+        stop_process(proc)
+    assert any(tmp_path.rglob("*.aof*")), "no append-only file written"
