@@ -206,8 +206,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--beam-size", type=int, default=20)
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--single-inserts", type=int, default=70_000,
-                        help="IDs inserted one call each (default crosses one compaction at 1M IDs)")
+    parser.add_argument(
+        "--single-inserts",
+        type=int,
+        default=70_000,
+        help="IDs inserted one call each (default crosses one compaction at 1M IDs)",
+    )
     parser.add_argument("--batch-inserts", type=int, default=100, help="batches of 1000 IDs")
     parser.add_argument("--marisa-budget-s", type=float, default=1.5, help="per depth and beam shape")
     parser.add_argument("--skip-marisa", action="store_true")
@@ -435,15 +439,19 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         ("insert, 1000 per call (us/ID)", insert["batches_of_1000_mean"], None, None),
         (f"beam search {shape} (queries/s)", search["ours_queries_per_s"], search["dict_queries_per_s"], None),
     ]
-    print(f"\n{results['ids']['num_ids']:,} IDs, codebook_sizes {results['ids']['codebook_sizes']}, "
-          f"{results['machine']['cpu_count']} CPUs, load {results['machine']['load_average_1m']}")
+    print(
+        f"\n{results['ids']['num_ids']:,} IDs, codebook_sizes {results['ids']['codebook_sizes']}, "
+        f"{results['machine']['cpu_count']} CPUs, load {results['machine']['load_average_1m']}"
+    )
     print(f"{'':38}{'ours':>12}{'dict':>12}{'marisa':>12}")
     for name, *values in rows:
         cells = "".join(f"{value:>12.4g}" if value is not None else f"{'-':>12}" for value in values)
         print(f"{name:38}{cells}")
-    print(f"speed-up vs dict at {shape}: {results['speedup_vs_dict_64x20']:.1f}x "
-          f"(from raw prefixes {results['speedup_vs_dict_64x20_from_prefixes']:.1f}x); "
-          f"wall {results['wall_s']:.1f} s; marisa figures at shallow depths are extrapolated")
+    print(
+        f"speed-up vs dict at {shape}: {results['speedup_vs_dict_64x20']:.1f}x "
+        f"(from raw prefixes {results['speedup_vs_dict_64x20_from_prefixes']:.1f}x); "
+        f"wall {results['wall_s']:.1f} s; marisa figures at shallow depths are extrapolated"
+    )
 
 
 if __name__ == "__main__":

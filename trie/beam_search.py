@@ -51,9 +51,7 @@ class BeamSearchResult:
 def _step_log_probs(step_fn: StepFn, level: int, query: np.ndarray, prefixes: np.ndarray, size: int) -> np.ndarray:
     log_probs = np.asarray(step_fn(level, query, prefixes))
     if log_probs.ndim != 2 or log_probs.shape[0] != len(query) or log_probs.shape[1] < size:
-        raise ValueError(
-            f"step_fn at level {level} must return shape ({len(query)}, >= {size}), got {log_probs.shape}"
-        )
+        raise ValueError(f"step_fn at level {level} must return shape ({len(query)}, >= {size}), got {log_probs.shape}")
     log_probs = np.asarray(log_probs[:, :size], dtype=np.float64)
     if np.isnan(log_probs).any():
         raise ValueError(f"step_fn returned NaN log-probabilities at level {level}")

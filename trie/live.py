@@ -55,8 +55,9 @@ class LiveTrie:
         with self._lock:
             current = self._current
             counters = current.next_counters(learned)
-            ids = np.concatenate([np.asarray(learned, dtype=np.int64).reshape(len(counters), -1),
-                                  counters[:, None]], axis=1)
+            ids = np.concatenate(
+                [np.asarray(learned, dtype=np.int64).reshape(len(counters), -1), counters[:, None]], axis=1
+            )
             self._current = current.with_inserted(ids, rows)
             return ids
 

@@ -158,8 +158,7 @@ class SemanticIdTrie:
         if repeated.any():
             duplicates = codec.unpack(np.unique(sorted_keys[1:][repeated]))
             raise DuplicateSemanticIdError(
-                f"{len(duplicates)} semantic ID(s) occur more than once in {what}: "
-                f"{codec.format_ids(duplicates)}",
+                f"{len(duplicates)} semantic ID(s) occur more than once in {what}: {codec.format_ids(duplicates)}",
                 [tuple(int(c) for c in row) for row in duplicates],
             )
 

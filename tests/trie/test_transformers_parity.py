@@ -25,8 +25,17 @@ VOCAB = SPECIAL + sum(SIZES)
 def tiny_t5(seed: int):
     torch.manual_seed(seed)
     config = transformers.T5Config(
-        vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+        vocab_size=VOCAB,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
         decoder_start_token_id=0,
     )
     model = transformers.T5ForConditionalGeneration(config).eval()
@@ -70,10 +79,18 @@ def test_top_k_ids_and_scores_match_transformers_generate(seed: int) -> None:
 
     with torch.no_grad():
         generated = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
-            num_return_sequences=top_k, max_new_tokens=len(SIZES), min_new_tokens=len(SIZES),
-            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, length_penalty=0.0, early_stopping=True,
-            do_sample=False, output_scores=True, return_dict_in_generate=True,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            num_beams=num_beams,
+            num_return_sequences=top_k,
+            max_new_tokens=len(SIZES),
+            min_new_tokens=len(SIZES),
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+            length_penalty=0.0,
+            early_stopping=True,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
         )
         encoder_states = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
@@ -84,7 +101,8 @@ def test_top_k_ids_and_scores_match_transformers_generate(seed: int) -> None:
         )
         with torch.no_grad():
             logits = model(
-                encoder_outputs=(encoder_states[query],), attention_mask=attention_mask[query],
+                encoder_outputs=(encoder_states[query],),
+                attention_mask=attention_mask[query],
                 decoder_input_ids=decoder_input_ids,
             ).logits[:, -1, :]
         log_probs = torch.log_softmax(logits.float(), dim=-1).numpy()
