@@ -21,8 +21,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.service.tiny_bundle import build_tiny_bundle
-
 REPO = Path(__file__).resolve().parents[2]
 # A Redis database of these tests' own (the service tests use 13); flushed before and after.
 INTEGRATION_REDIS_URL = os.environ.get("LMINDEXER_INTEGRATION_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -92,9 +90,12 @@ class Replica:
 
 
 @pytest.fixture(scope="session")
-def integration_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real bundle (ONNX graphs, tokenizer, trie, documents), built once per session."""
-    return build_tiny_bundle(tmp_path_factory.mktemp("integration-bundle") / "tiny")
+def integration_bundle() -> Path:
+    """A small real bundle (ONNX graphs, tokenizer, trie, documents): the service tests' tiny bundle,
+    built once and cached under .cache/ (the replicas only read it)."""
+    from tests.service.tiny_bundle import cached_tiny_bundle  # imports torch: only when a test needs it
+
+    return cached_tiny_bundle()
 
 
 @pytest.fixture(scope="module")
