@@ -124,3 +124,13 @@ def test_dense_index_ranks_by_cosine() -> None:
     query = embed_texts(["temperature in layered slabs"], show_progress=False)[0]
     expected = {d.doc_id: float(index.embeddings[i] @ query) for i, d in enumerate(documents)}
     assert run["q1"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_beauty_options_are_typed_before_the_hand_over() -> None:
+    from training.commands.baseline import _parse_options
+    from training.errors import ConfigError
+
+    assert _parse_options(["epochs=5", "lr=1e-3", "exclude_history=true", "items_path=data/x.jsonl.gz"]) == {
+        "epochs": 5, "lr": 0.001, "exclude_history": True, "items_path": "data/x.jsonl.gz"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _parse_options(["epochs"])
