@@ -541,7 +541,8 @@ class SemanticIdTrie:
         taken = leaves >= 0
         for layer in (self._mid, self._tiny):
             if len(layer):
-                taken |= layer.row_index.leaves_of(rows) >= 0
+                # Sorted rows (carried through merges), not the row index: no sort per insert batch.
+                taken |= _in_sorted(layer.sorted_rows, rows)
         return taken
 
     def with_removed(self, ids: Any) -> SemanticIdTrie:
