@@ -45,16 +45,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LMINDEXER_HOST=0.0.0.0 \
     LMINDEXER_PORT=8000 \
-    LMINDEXER_STORE_PATH=/var/lib/lmindexer/store.sqlite3 \
     LMINDEXER_EXECUTION_PROVIDER=cuda
 RUN groupadd --system --gid 10001 lmindexer \
     && useradd --system --uid 10001 --gid lmindexer --home-dir /app --shell /usr/sbin/nologin lmindexer \
-    && mkdir -p /app /var/lib/lmindexer /bundles \
-    && chown lmindexer:lmindexer /app /var/lib/lmindexer
+    && mkdir -p /app/var /bundles \
+    && chown -R lmindexer:lmindexer /app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001
-VOLUME ["/var/lib/lmindexer"]
+VOLUME ["/app/var"]
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=90s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LMINDEXER_PORT', '8000'), timeout=2)"]

@@ -37,18 +37,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LMINDEXER_HOST=0.0.0.0 \
-    LMINDEXER_PORT=8000 \
-    LMINDEXER_STORE_PATH=/var/lib/lmindexer/store.sqlite3
-# A non-root user; /var/lib/lmindexer holds the SQLite document store (mount a volume there, one
-# per replica). A fresh named volume takes this directory's owner, so the user can write to it.
+    LMINDEXER_PORT=8000
+# A non-root user. /app/var holds the SQLite document stores (var/store-<bundle fingerprint>.sqlite3
+# under the working directory: one file per bundle, so switching bundles keeps the old store for a
+# rollback). Mount a volume there, one per replica; a fresh named volume takes this directory's owner.
 RUN groupadd --system --gid 10001 lmindexer \
     && useradd --system --uid 10001 --gid lmindexer --home-dir /app --shell /usr/sbin/nologin lmindexer \
-    && mkdir -p /app /var/lib/lmindexer /bundles \
-    && chown lmindexer:lmindexer /app /var/lib/lmindexer
+    && mkdir -p /app/var /bundles \
+    && chown -R lmindexer:lmindexer /app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001
-VOLUME ["/var/lib/lmindexer"]
+VOLUME ["/app/var"]
 EXPOSE 8000
 # Liveness through the standard library (slim images have no curl); /readyz is for load balancers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

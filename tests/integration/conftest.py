@@ -124,9 +124,12 @@ def replicas(integration_bundle: Path, redis_url_or_none: str | None,
     try:
         for name in ("api-1", "api-2"):
             port = free_port()
+            # Like a container: its own working directory, where the default store path
+            # (var/store-<bundle fingerprint>.sqlite3) lands, as on the replica's volume in compose.
+            cwd = workdir / name
+            cwd.mkdir()
             env = {
                 **base_env,
-                "LMINDEXER_STORE_PATH": str(workdir / f"store-{name}.sqlite3"),
                 "LMINDEXER_REPLICA_ID": name,
                 "LMINDEXER_API_KEY": API_KEY,
                 "LMINDEXER_INTRA_OP_THREADS": "1",
@@ -139,7 +142,7 @@ def replicas(integration_bundle: Path, redis_url_or_none: str | None,
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "lmindexer", "serve", "--bundle", str(integration_bundle),
                      "--host", "127.0.0.1", "--port", str(port)],
-                    cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                    cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
             started.append(Replica(name=name, port=port, proc=proc, log=log))
         for replica in started:  # both start in parallel, then wait for each
             wait_http_ok(f"{replica.url}/readyz", replica.proc, replica.log)

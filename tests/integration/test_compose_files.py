@@ -382,7 +382,7 @@ def test_compose_files_and_volumes_exist(resolved: dict[str, Any]) -> None:
         targets = {target: (source, mode) for source, target, mode in mounts(resolved["services"][name])}
         assert targets["/bundles"][1] == "ro", f"{name}: the bundles are mounted read-only"
         assert targets["/bundles"][0] == "./bundles", "the default bundle folder is the Makefile's (bundles/)"
-        assert targets["/var/lib/lmindexer"][0] == f"store-{name}", f"{name}: its own store volume"
+        assert targets["/app/var"][0] == f"store-{name}", f"{name}: its own store volume"
     demo = re.search(r"^DEMO_BUNDLE \?= (\S+)$", (REPO / "Makefile").read_text(), re.M)
     assert demo and demo.group(1) == "bundles/demo", "make bundle writes what compose serves by default"
 
@@ -402,7 +402,7 @@ def test_compose_environment_is_made_of_service_settings(compose: dict[str, Any]
         assert settings.bundle_dir == Path("/bundles/demo")
         assert settings.replica_id == name
         assert settings.api_key is not None and settings.api_key.get_secret_value() == REQUIRED_ENV["LMINDEXER_API_KEY"]
-        assert str(settings.store_path).startswith("/var/lib/lmindexer/")
+        assert settings.store_path is None, "default: var/store-<bundle fingerprint>.sqlite3 in the volume"
         redis_host, redis_port = re.fullmatch(r"redis://([\w-]+):(\d+)/\d+", settings.redis_url).groups()
         assert redis_host == "redis" and redis_host in resolved["services"]
         assert "6379" in resolved["services"]["redis"].get("expose", []) and redis_port == "6379"
