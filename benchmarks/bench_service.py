@@ -1,0 +1,298 @@
+"""Benchmark the HTTP service under bounded load from a second process on 127.0.0.1.
+
+Starts the real service (`python -m service`, one uvicorn worker) on a bundle, then drives it from
+this process with an async httpx loop:
+- /search at 1, 8 and 32 concurrent clients, uncached (every query text unique, so every request
+  runs the model; the Redis lookup still happens and misses) and cached (a warmed pool of queries);
+  throughput and p50 / p95 / p99 latency;
+- the same with a 1,000,000-ID trie (a bundle variant: the same models, 1M random extra IDs);
+- /index-documents documents/s (batches of --index-batch new documents, sequential).
+Writes JSON with a machine description (benchmarks/results/service.json by default).
+
+    nice -n 10 python benchmarks/bench_service.py --bundle bundles/demo --duration 8 \\
+        --out benchmarks/results/service.json
+    python benchmarks/bench_service.py --tiny        # the tests' tiny random bundle (smoke run)
+
+The load generator shares the machine's CPUs with the service (2 cores here): figures are a lower
+bound on what the service does with the machine to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.service.processes import ServiceProcess  # noqa: E402
+
+logger = logging.getLogger("bench_service")
+
+WORDS = ("moisturizing", "vegan", "lavender", "serum", "shampoo", "matte", "lipstick", "waterproof", "mascara",
+         "organic", "argan", "oil", "sunscreen", "spf", "face", "mask", "charcoal", "scrub", "rose", "toner",
+         "vitamin", "c", "night", "cream", "curl", "defining", "gel", "nail", "polish", "red", "dry", "skin",
+         "sensitive", "fragrance", "free", "eye", "cream", "anti", "aging", "hair", "spray", "volume")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of values, in the same unit."""
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def make_query(rng: np.random.Generator, unique: int | None = None) -> str:
+    """A product-search-like query; `unique` makes it differ from every other (never cached)."""
+    words = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 6))))
+    return f"{words} {unique}" if unique is not None else words
+
+
+async def _load(url: str, concurrency: int, duration_s: float, warmup_s: float, body_for: Any,
+                endpoint: str = "/search") -> dict[str, Any]:
+    """`concurrency` clients, each sending requests back to back for warmup + duration seconds."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    cached = 0
+    counter = [0]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        started = time.perf_counter()
+        measure_from = started + warmup_s
+        stop_at = measure_from + duration_s
+
+        async def worker() -> None:
+            nonlocal cached
+            while True:
+                now = time.perf_counter()
+                if now >= stop_at:
+                    return
+                counter[0] += 1
+                body = body_for(counter[0])
+                sent = time.perf_counter()
+                response = await client.post(endpoint, json=body)
+                done = time.perf_counter()
+                if sent >= measure_from and done <= stop_at:
+                    latencies.append(done - sent)
+                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                    if response.status_code == 200 and response.json().get("cached"):
+                        cached += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ok = statuses.get(200, 0)
+    return {
+        "concurrency": concurrency, "duration_s": duration_s, "requests": len(latencies),
+        "throughput_rps": round(ok / duration_s, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2), "p95_ms": round(percentile(latencies, 95) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())}, "cached_fraction": round(cached / max(1, ok), 3),
+    }
+
+
+def bench_search(url: str, concurrencies: list[int], duration_s: float, seed: int) -> dict[str, Any]:
+    """Uncached and cached /search at each concurrency."""
+    rng = np.random.default_rng(seed)
+    results: dict[str, Any] = {"uncached": [], "cached": []}
+    run_id = int(time.time() * 1000)
+    for concurrency in concurrencies:
+        base = rng.integers(1 << 30)
+        result = asyncio.run(_load(url, concurrency, duration_s, 1.0,
+                                   lambda n, base=base: {"query": make_query(rng, unique=run_id + base + n), "k": 10}))
+        logger.info("uncached c=%d: %s", concurrency, result)
+        results["uncached"].append(result)
+    pool = [make_query(rng) for _ in range(64)]
+    with httpx.Client(base_url=url, timeout=30) as client:  # warm the cache
+        for query in pool:
+            client.post("/search", json={"query": query, "k": 10})
+    for concurrency in concurrencies:
+        result = asyncio.run(_load(url, concurrency, duration_s, 0.5,
+                                   lambda n: {"query": pool[n % len(pool)], "k": 10}))
+        logger.info("cached c=%d: %s", concurrency, result)
+        results["cached"].append(result)
+    return results
+
+
+def bench_indexing(url: str, batch: int, batches: int, seed: int) -> dict[str, Any]:
+    """Sequential /index-documents batches of new documents: documents per second."""
+    rng = np.random.default_rng(seed)
+    run_id = int(time.time())
+    times = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for b in range(batches):
+            docs = [{"doc_id": f"bench-{run_id}-{b}-{i}",
+                     "text": f"title: {make_query(rng)}, brand: {rng.choice(WORDS)}, category: beauty {b}-{i}"}
+                    for i in range(batch)]
+            started = time.perf_counter()
+            response = client.post("/index-documents", json={"documents": docs})
+            times.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise RuntimeError(f"/index-documents answered {response.status_code}: {response.text[:300]}")
+    measured = times[1:] if len(times) > 1 else times  # the first batch pays one-time allocations
+    return {"batch_size": batch, "batches": len(measured),
+            "documents_per_s": round(batch * len(measured) / sum(measured), 1),
+            "p50_batch_ms": round(percentile(measured, 50) * 1000, 1)}
+
+
+def build_large_trie_variant(bundle: Path, out: Path, total_ids: int, seed: int) -> Path:
+    """A copy of `bundle` (models linked, not copied) whose trie holds `total_ids` IDs (random extras)."""
+    from trie import SemanticIdTrie
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    sizes = manifest["semantic_ids"]["codebook_sizes"]
+    capacity = int(np.prod(sizes, dtype=np.float64))
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in bundle.iterdir():
+        if entry.name not in ("trie.bin", "documents.jsonl", "manifest.json") and not (out / entry.name).exists():
+            (out / entry.name).symlink_to(entry.resolve())
+    documents = [json.loads(line) for line in (bundle / "documents.jsonl").read_text().splitlines() if line.strip()]
+    existing = np.asarray([d["semantic_id"] for d in documents], dtype=np.int64)
+    wanted = min(total_ids, int(capacity * 0.9))
+    rng = np.random.default_rng(seed)
+    multipliers = np.cumprod([1, *sizes[::-1][:-1]])[::-1].astype(np.int64)
+    taken = set((existing * multipliers).sum(1).tolist())
+    extra_keys: list[int] = []
+    while len(extra_keys) < wanted - len(existing):
+        draws = rng.integers(0, capacity, size=2 * (wanted - len(existing)), dtype=np.int64)
+        for key in np.unique(draws):
+            if int(key) not in taken:
+                taken.add(int(key))
+                extra_keys.append(int(key))
+        extra_keys = extra_keys[: wanted - len(existing)]
+    keys = np.asarray(extra_keys, dtype=np.int64)
+    extra = np.stack([(keys // m) % s for m, s in zip(multipliers, sizes, strict=True)], axis=1)
+    ids = np.concatenate([existing, extra])
+    SemanticIdTrie.build(ids, codebook_sizes=sizes).save(out / "trie.bin")
+    with open(out / "documents.jsonl", "w", encoding="utf-8") as f:
+        for d in documents:
+            f.write(json.dumps(d) + "\n")
+        for i, sid in enumerate(extra.tolist()):
+            f.write(json.dumps({"doc_id": f"rand-{i}", "text": f"random document {i}", "metadata": {},
+                                "semantic_id": sid}) + "\n")
+    manifest["num_documents"] = len(ids)
+    manifest["training_config"] = {**manifest.get("training_config", {}), "bench_variant": f"{len(ids)} IDs"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU, memory, versions: what the figures depend on."""
+    import onnxruntime
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                          if line.startswith("MemTotal")))
+    except (OSError, StopIteration):
+        mem_kb = 0
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "memory_gib": round(mem_kb / 1024 / 1024, 1), "platform": platform.platform(),
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "onnxruntime_providers": onnxruntime.get_available_providers(), "git_commit": commit,
+            "load_average_at_start": os.getloadavg()}
+
+
+def run_bundle(name: str, bundle: Path, args: argparse.Namespace, workdir: Path, *,
+               index: bool) -> dict[str, Any]:
+    """Start the service on `bundle` and run the search (and indexing) benchmarks."""
+    import redis
+
+    env = {"LMINDEXER_INTRA_OP_THREADS": str(args.intra_op_threads), "LMINDEXER_LOG_LEVEL": "WARNING"}
+    if args.redis_url:
+        redis.Redis.from_url(args.redis_url).flushdb()
+    service = ServiceProcess(bundle, workdir / f"{name}.sqlite3", redis_url=args.redis_url, env=env,
+                             log_path=workdir / f"{name}.log")
+    started = time.perf_counter()
+    service.start(timeout_s=600)
+    startup_s = time.perf_counter() - started
+    try:
+        info = httpx.get(f"{service.url}/info", timeout=10).json()
+        result: dict[str, Any] = {"bundle": str(bundle), "num_ids": info["num_documents"],
+                                  "codebook_sizes": info["manifest"]["semantic_ids"]["codebook_sizes"],
+                                  "startup_s": round(startup_s, 1), "execution_providers": info["execution_providers"]}
+        result["search"] = bench_search(service.url, args.concurrency, args.duration, args.seed)
+        if index:
+            result["index_documents"] = bench_indexing(service.url, args.index_batch, args.index_batches, args.seed)
+            logger.info("indexing: %s", result["index_documents"])
+        metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+        result["load_average_after"] = os.getloadavg()
+        result["invalid_ids_total"] = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                                          if line.startswith("lmindexer_invalid_ids_total{"))
+        return result
+    finally:
+        service.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, help="Bundle to serve (e.g. bundles/demo).")
+    parser.add_argument("--tiny", action="store_true", help="Use the tests' tiny random bundle instead.")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--duration", type=float, default=8.0, help="Measured seconds per load level.")
+    parser.add_argument("--large-trie-ids", type=int, default=1_000_000,
+                        help="IDs in the large-trie variant (0 skips it).")
+    parser.add_argument("--index-batch", type=int, default=100)
+    parser.add_argument("--index-batches", type=int, default=11)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
+                        help="Redis for the result cache (flushed at start); '' for none.")
+    parser.add_argument("--intra-op-threads", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "service.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would cost client CPU
+    if args.tiny:
+        from tests.service.tiny_bundle import cached_tiny_bundle
+
+        args.bundle = cached_tiny_bundle()
+    if args.bundle is None or not (args.bundle / "manifest.json").is_file():
+        parser.error("give --bundle DIR (a bundle with manifest.json; `lmindexer build-demo --out DIR`) or --tiny")
+    args.redis_url = args.redis_url or None
+    workdir = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    report: dict[str, Any] = {
+        "benchmark": "service", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join([sys.executable, *sys.argv]), "machine": machine_description(),
+        "settings": {"concurrency": args.concurrency, "duration_s": args.duration, "k": 10,
+                     "redis_url": args.redis_url, "index_batch": args.index_batch,
+                     "intra_op_threads": args.intra_op_threads, "beam_size": 20},
+        "bundle_manifest": {k: v for k, v in json.loads((args.bundle / "manifest.json").read_text()).items()
+                            if k in ("semantic_ids", "models", "max_query_length", "num_documents", "created_at")},
+        "runs": {},
+    }
+    try:
+        report["runs"]["bundle"] = run_bundle("bundle", args.bundle, args, workdir, index=True)
+        if args.large_trie_ids:
+            large = build_large_trie_variant(args.bundle, workdir / "large-trie-bundle", args.large_trie_ids, args.seed)
+            report["runs"]["large_trie"] = run_bundle("large", large, args, workdir, index=False)
+    finally:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        logger.info("wrote %s", args.out)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
