@@ -11,7 +11,9 @@ Dockerfiles' own code. When a compose CLI is on PATH, `compose config` validates
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
+import importlib
 import json
 import re
 import shlex
@@ -497,6 +499,10 @@ def test_training_profile_runs_a_real_lmindexer_command(resolved: dict[str, Any]
         trainer = resolved["services"][name]
         command = trainer["command"]
         assert command[0] in COMMANDS, f"{name}: `lmindexer {command[0]}` is not a command"
+        module = importlib.import_module(COMMANDS[command[0]][0])  # argparse only: no torch at import
+        parser = argparse.ArgumentParser(prog=f"lmindexer {command[0]}")
+        module.add_arguments(parser)
+        parser.parse_args(command[1:])  # the command line is one the command accepts
         out = command[command.index("--out") + 1]
         targets = {target: source for source, target, _ in mounts(trainer)}
         assert out.startswith("/app/bundles/") and targets["/app/bundles"] == "./bundles", (
