@@ -246,6 +246,28 @@ def exported_sample_names() -> set[str]:
     return names
 
 
+def test_dashboard_layout_is_one_grafana_can_load() -> None:
+    """Unique panel ids and refIds, panels inside the 24-column grid and not overlapping."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
+    panels = list(dashboard_panels(dashboard))
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, f"{panel['title']}: {grid}"
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+        ref_ids = [target["refId"] for target in panel.get("targets", [])]
+        assert len(ref_ids) == len(set(ref_ids)), f"{panel['title']}: duplicate refIds"
+        assert panel["type"] in ("row", "timeseries", "stat"), panel["type"]
+        if panel["type"] != "row":
+            assert panel["targets"], f"{panel['title']} has no query"
+
+
 def test_dashboard_names_only_metrics_the_service_exports() -> None:
     """A misspelt name would show a flat 0 behind `or vector(0)`: every name must be a real one."""
     dashboard = json.loads(DASHBOARD.read_text())
