@@ -29,6 +29,8 @@ from trie.keys import KeyCodec
 #: A level gets a bitmap when it costs at most this many bytes per child node (plus a small floor).
 BITMAP_BYTES_PER_CHILD = 4
 BITMAP_FLOOR_BYTES = 1 << 16
+#: Set bits of every byte value (np.bitwise_count needs numpy >= 2; the project supports 1.26).
+POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
 
 
 def smallest_uint(max_value: int) -> np.dtype:
@@ -139,11 +141,11 @@ class Csr:
             # allowed codes below ``codes`` (a popcount), with no search loop.
             bits = bitmap[safe]
             byte = codes >> 3
-            counts = np.bitwise_count(bits)
+            counts = POPCOUNT[bits]
             below = np.cumsum(counts, axis=1, dtype=np.int64) - counts
             rows = np.arange(len(nodes))
             own = bits[rows, byte]
-            rank = below[rows, byte] + np.bitwise_count(own & ((1 << (codes & 7)) - 1).astype(np.uint8))
+            rank = below[rows, byte] + POPCOUNT[own & ((1 << (codes & 7)) - 1).astype(np.uint8)]
             found = present & ((own >> (codes & 7)) & 1).astype(bool)
             return np.where(found, offsets[safe].astype(np.int64) + rank, -1)
         level_codes = self.node_codes[depth]

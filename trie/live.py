@@ -55,9 +55,8 @@ class LiveTrie:
         with self._lock:
             current = self._current
             counters = current.next_counters(learned)
-            ids = np.concatenate(
-                [np.asarray(learned, dtype=np.int64).reshape(len(counters), -1), counters[:, None]], axis=1
-            )
+            learned_codes = np.asarray(learned, dtype=np.int64).reshape(len(counters), current.depth - 1)
+            ids = np.concatenate([learned_codes, counters[:, None]], axis=1)
             self._current = current.with_inserted(ids, rows)
             return ids
 

@@ -303,13 +303,20 @@ class SemanticIdTrie:
                 nodes[:, column] = -1
         return TrieState(0, nodes)
 
-    def state_of(self, prefixes: Any) -> TrieState:
-        """The state of prefixes ``(M, t)`` (``t < L+1``); prefixes not in the trie get no node."""
+    def _prefix_width(self, prefixes: Any, longest: int) -> int:
         width = np.asarray(prefixes).shape[1] if np.ndim(prefixes) == 2 else -1
-        if not 0 <= width < self.depth:
+        if not 0 <= width <= longest:
             raise InvalidSemanticIdError(
-                f"prefixes must have shape (M, t) with 0 <= t < {self.depth}, got shape {np.shape(prefixes)}"
+                f"prefixes must have shape (M, t) with 0 <= t <= {longest}, got shape {np.shape(prefixes)}"
             )
+        return width
+
+    def state_of(self, prefixes: Any) -> TrieState:
+        """The state of prefixes ``(M, t)`` (``t <= L+1``; full IDs give leaf states for :meth:`rows_at`).
+
+        Prefixes not in the trie get no node.
+        """
+        width = self._prefix_width(prefixes, self.depth)
         array = self._codec.validate(prefixes, width=width, what="prefixes")
         state = self.root_state(len(array))
         beams = np.arange(len(array))
@@ -318,10 +325,11 @@ class SemanticIdTrie:
         return state
 
     def allowed_mask(self, prefixes: Any) -> np.ndarray:
-        """Which codes may follow each prefix: prefixes ``(M, t)`` -> bool ``(M, codebook_sizes[t])``.
+        """Which codes may follow each prefix: prefixes ``(M, t)``, ``t <= L`` -> bool ``(M, codebook_sizes[t])``.
 
         A prefix that is not in the trie gets an all-False row.
         """
+        self._prefix_width(prefixes, self.depth - 1)
         return self.allowed_mask_at(self.state_of(prefixes))
 
     def allowed_mask_at(self, state: TrieState) -> np.ndarray:

@@ -100,3 +100,9 @@ def test_replace_keeps_versions_increasing_and_checks_the_shape() -> None:
     assert published.version == 2 and live.current is published and live.current.row_of((1, 0)) == 0
     with pytest.raises(TrieError, match="codebook_sizes"):
         live.replace(SemanticIdTrie.build(np.array([[1, 0]]), codebook_sizes=(2, 3)))
+
+
+def test_insert_with_counters_of_nothing_only_bumps_the_version() -> None:
+    live = LiveTrie(SemanticIdTrie.build(np.array([[0, 0, 0]]), codebook_sizes=(2, 2, 2)))
+    ids = live.insert_with_counters(np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64))
+    assert ids.shape == (0, 3) and len(live.current) == 1 and live.version == 1

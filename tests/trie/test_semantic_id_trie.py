@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import trie.layer as layer_module
 from tests.trie.strategies import all_prefixes, build, id_sets
 from trie import (
     CounterExhaustedError,
@@ -144,3 +145,32 @@ def test_arrays_are_compact_numpy_arrays_not_python_nodes() -> None:
     ids = np.concatenate([learned, np.zeros((len(learned), 1), dtype=np.int64)], axis=1)
     trie = SemanticIdTrie.build(ids, codebook_sizes=(64, 64, 64, 8))
     assert trie.nbytes / len(trie) <= 40
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=id_sets(min_size=1), seed=st.integers(0, 2**16))
+def test_bitmap_and_slice_layouts_give_the_same_answers(data: tuple, seed: int) -> None:
+    # Small tries get a bitmap on every level; large ones keep only slices on the deep levels.
+    # Both code paths (mask: unpack vs scatter; child: popcount vs binary search) must agree.
+    sizes, ids = data
+    with_bitmaps = build(sizes, ids)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layer_module, "BITMAP_FLOOR_BYTES", -1)
+        patch.setattr(layer_module, "BITMAP_BYTES_PER_CHILD", 0)
+        without_bitmaps = build(sizes, ids)
+    assert all(bitmap is None for bitmap in without_bitmaps._base.csr.bitmaps)
+    assert all(bitmap is not None for bitmap in with_bitmaps._base.csr.bitmaps)
+    rng = np.random.default_rng(seed)
+    for depth in range(len(sizes)):
+        prefixes = all_prefixes(sizes[:depth])
+        np.testing.assert_array_equal(with_bitmaps.allowed_mask(prefixes), without_bitmaps.allowed_mask(prefixes))
+        beams = rng.integers(0, len(prefixes), 8)
+        codes = rng.integers(0, sizes[depth], 8)
+        for trie in (with_bitmaps, without_bitmaps):
+            child = trie.advance(trie.state_of(prefixes), beams, codes)
+            expected = trie.state_of(np.concatenate([prefixes[beams], codes[:, None]], axis=1))
+            np.testing.assert_array_equal(child.nodes, expected.nodes)
+        np.testing.assert_array_equal(
+            with_bitmaps.advance(with_bitmaps.state_of(prefixes), beams, codes).nodes,
+            without_bitmaps.advance(without_bitmaps.state_of(prefixes), beams, codes).nodes,
+        )
