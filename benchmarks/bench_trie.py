@@ -341,6 +341,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     single_cpu = time.process_time() - single_cpu
     assert trie.row_of(tuple(new_ids[0])) == new_rows[0]
     compactions_crossed = int(args.single_inserts > max(4096, len(ids) // 16))
+    # The same lookup on the updated version: base + tombstone-free delta layers (mid and tiny).
+    with_delta = trie.with_removed(ids[:1000])
+    sample = np.concatenate([ids[1000:], new_ids[: args.single_inserts]])[
+        rng.integers(0, len(ids) - 1000 + args.single_inserts, args.queries * args.beam_size)
+    ]
+    delta_ms, delta_cpu_ms = [], []
+    for depth in range(len(sizes)):
+        state = with_delta.state_of(np.ascontiguousarray(sample[:, :depth]))
+        with_delta.allowed_mask_at(state)  # the first read of a new version builds the delta's node arrays
+        wall, cpu = timed_wall_and_cpu(lambda s=state: with_delta.allowed_mask_at(s), 200)
+        delta_ms.append(wall * 1e3)
+        delta_cpu_ms.append(cpu * 1e3)
+    results["lookup"][f"{args.queries}x{args.beam_size}_with_delta"] = {
+        "delta_size": with_delta.delta_size,
+        "ms_per_step_by_depth": delta_ms,
+        "ms_per_step_mean": float(np.mean(delta_ms)),
+        "cpu_ms_per_step_mean": float(np.mean(delta_cpu_ms)),
+    }
     batch_times = []
     trie = ours
     for batch in range(args.batch_inserts):
@@ -434,6 +452,7 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         (f"lookup {shape} (ms/step)", many["ours_state"], many["dict"], many.get("marisa")),
         (f"  from raw prefixes {shape}", many["ours_prefixes"], None, None),
         (f"  CPU time {shape} (ms/step)", cpu["ours_state"], cpu["dict"], None),
+        (f"  with an update delta {shape}", results["lookup"][f"{shape}_with_delta"]["ms_per_step_mean"], None, None),
         ("insert, 1 ID per call (us/ID)", insert["single_id_calls_mean"], insert["dict_single_id"], None),
         ("  CPU time, 1 ID per call (us/ID)", insert["single_id_calls_cpu_mean"], None, None),
         ("insert, 1000 per call (us/ID)", insert["batches_of_1000_mean"], None, None),
