@@ -138,7 +138,7 @@ def figure_ami(levels: list[dict[str, Any]], label_field: str) -> Any:
 def figure_usage(codes: np.ndarray, codebook_sizes: Sequence[int]) -> Any:
     """Per level: documents per code, codes sorted by count (unused codes show as the empty tail)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     levels = codes.shape[1]
     fig, axes = plt.subplots(1, levels, figsize=(4.2 * levels, 3.2), squeeze=False)
@@ -151,7 +151,8 @@ def figure_usage(codes: np.ndarray, codebook_sizes: Sequence[int]) -> Any:
         ax.set_xlabel("codes, by number of documents")
         ax.set_ylabel("documents")
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -188,11 +189,13 @@ def figure_category_mix(groups: np.ndarray, labels: Sequence[str | None], title:
     overall = Counter()
     for counts in per_group.values():
         overall.update(counts)
-    # tab20 without its two greys, so grey always means "other categories".
-    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]
+    # tab20 without its two greys (grey means "other categories"): the dark shades go to the 8 most
+    # frequent categories and the light ones to the next 8, so look-alike pairs are far apart.
+    tab20 = plt.get_cmap("tab20").colors
+    palette = [tab20[i] for i in range(0, 20, 2) if i != 14] + [tab20[i] for i in range(1, 20, 2) if i != 15]
     top = [lab for lab, _ in overall.most_common(TOP_CATEGORIES)]
     colours = {lab: palette[i % len(palette)] for i, lab in enumerate(top)}
-    fig, ax = plt.subplots(figsize=(11, 0.42 * len(shown) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(shown) + 1.6))
     for row, g in enumerate(shown):
         total = sum(per_group[g].values())
         left = 0.0
@@ -207,7 +210,14 @@ def figure_category_mix(groups: np.ndarray, labels: Sequence[str | None], title:
         if other > 1e-9:
             ax.barh(row, other, left=left, color="#BBBBBB", edgecolor="white", linewidth=0.5)
     ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels([f"{group_name} {g}  (n={sizes[g]})" for g in shown], fontsize=8)
+    # Each tick names the code and its dominant category, readable even where that category is grey.
+    ticks = []
+    for g in shown:
+        label, count = per_group[g].most_common(1)[0]
+        ticks.append(
+            f"{group_name} {g}  (n={sizes[g]})\n{count / sum(per_group[g].values()):.0%} {short_label(label, 1)}"
+        )
+    ax.set_yticklabels(ticks, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
@@ -323,6 +333,11 @@ def render_report(inputs: ReportInputs) -> str:
 
     parts.append("<h2>Code usage</h2>")
     parts.append(f"<img alt='code usage per level' src='{_png(figure_usage(codes, sizes))}'>")
+    if run.get("method") == "hc":
+        parts.append(
+            "<p class='note'>HC pads paths shorter than the tree's depth with code 0, so code 0 of "
+            "the deeper levels also holds every document whose leaf is higher up.</p>"
+        )
 
     collisions = metrics["collisions"]
     parts.append("<h2>Collisions</h2>")
