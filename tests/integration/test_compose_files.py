@@ -396,7 +396,7 @@ def test_compose_environment_is_made_of_service_settings(compose: dict[str, Any]
                 assert name in SETTINGS_ENV, f"${{{name}}} is not a service setting"
     for name, service in resolved["services"].items():
         for key in environment_of(service):
-            if key.startswith(ENV_PREFIX) and key != "LMINDEXER_LOG_LEVEL":
+            if key.startswith(ENV_PREFIX):
                 assert key in SETTINGS_ENV, f"{name}: {key} is not a field of service/settings.py"
     for name in API_REPLICAS:
         env = environment_of(resolved["services"][name])
@@ -417,6 +417,10 @@ def test_compose_ports_agree_with_the_settings_nginx_and_prometheus(resolved: di
         assert f":{SERVICE_PORT}/readyz" in " ".join(services[name]["healthcheck"]["test"])
     # nginx: one upstream server per replica, on the service port; published on its listen port.
     assert sorted(upstream_servers()) == sorted(f"{name}:{SERVICE_PORT}" for name in API_REPLICAS)
+    # Statuses listed in proxy_next_upstream count as failures (max_fails): a 503 for a write during a
+    # Redis outage, or a 429, must not mark a healthy replica down.
+    next_upstream = re.search(r"proxy_next_upstream\s+([^;]+);", NGINX_CONF.read_text())
+    assert next_upstream and not re.search(r"http_(503|429)|non_idempotent", next_upstream.group(1))
     listen = re.findall(r"^\s*listen\s+(\d+);", NGINX_CONF.read_text(), re.M)
     published = [p.rsplit(":", 1) for p in services["nginx"]["ports"]]
     assert [container for _, container in published] == listen
