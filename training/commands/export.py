@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "output, else the retriever).")
     parser.add_argument("--out", type=Path, required=True, help="Bundle directory.")
     parser.add_argument("--parity-inputs", type=int, default=100, help="Inputs of the parity check per model.")
-    parser.add_argument("--max-document-length", type=int, default=128, help="Tokens of a document (indexer).")
+    parser.add_argument("--max-document-length", type=int, default=None,
+                        help="Tokens of a document (indexer). Default: what learn-ids used, else 128.")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an existing bundle (once the new one is done).")
 
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from training.downstream.experiment import final_ids, load_finetuned, load_task
     from training.downstream.export import BundleModel, export_bundle
+    from training.downstream.finetune import load_indexer_network
     from training.downstream.tasks import load_id_source
     from training.encoder import load_tokenizer
     from training.errors import UserInputError
@@ -74,17 +76,18 @@ def run(args: argparse.Namespace) -> int:
     if args.indexer is not None:
         indexer = SemanticIdNetwork.load(args.indexer, counter_size=counter_size).eval()
     elif source.network_dir is not None:
-        indexer = SemanticIdNetwork.load(source.network_dir, counter_size=counter_size).eval()
+        indexer = load_indexer_network(source.network_dir, counter_size)
     else:
         indexer = loaded["retriever"][2] if "retriever" in loaded else loaded["recommender"][2]
-    models["indexer"] = BundleModel(indexer, sample(texts), args.max_document_length)
+    document_length = args.max_document_length or source.document_length
+    models["indexer"] = BundleModel(indexer, sample(texts), document_length)
     tokenizer = load_tokenizer(network.config.encoder)
     training_config = {"ids": str(source.directory), "method": source.method,
                        **{n: r["config"] for n, r in records.items()}}
     max_history = loaded["recommender"][1].max_history if "recommender" in loaded else 20
     manifest = export_bundle(args.out, models, documents, ids, tokenizer, encoder=network.config.encoder,
                              max_query_length=max(item[1].max_input_length for item in loaded.values()),
-                             max_document_length=args.max_document_length, max_history=max_history,
+                             max_document_length=document_length, max_history=max_history,
                              evaluation=evaluation, training_config=training_config, overwrite=args.overwrite)
     print(f"bundle {args.out}: {manifest['num_documents']} documents, models {', '.join(manifest['models'])}")
     for model_name, figures in manifest["onnx_parity"].items():

@@ -113,10 +113,9 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         load_finetuned,
     )
     from training.downstream.export import BundleModel, export_bundle
-    from training.downstream.finetune import FinetuneConfig
+    from training.downstream.finetune import FinetuneConfig, load_indexer_network
     from training.downstream.tasks import load_id_source
     from training.encoder import load_tokenizer
-    from training.indexing.network import SemanticIdNetwork
 
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -165,11 +164,14 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         _, recommender_cfg, recommender = load_finetuned(work / "recommender")
         documents, ids, _, _ = final_ids(rec_task, source, set(), recommender.config)
         if source.network_dir is not None:
-            indexer = SemanticIdNetwork.load(source.network_dir, counter_size=recommender.config.counter_size).eval()
+            indexer = load_indexer_network(source.network_dir, recommender.config.counter_size,
+                                           recommender_cfg.indexer_logit_temperature)
             indexer_note = "the LMIndexer indexer network"
         else:  # no indexer network (HC / rq-VAE): the retriever maps a document's text to its ID
             indexer = retriever
             indexer_note = f"the retriever (the {source.method} method has no indexer network)"
+        # The indexer reads documents as learn-ids did (its max_length), else the demo's setting.
+        document_length = source.document_length if source.network_dir is not None else config.max_document_length
         texts = [d.text for d in documents]
         valid = rec_task.eval_sets["valid"]
         count = config.parity_inputs
@@ -180,7 +182,7 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         }
         tokenizer = load_tokenizer(recommender.config.encoder)
         models = {
-            "indexer": BundleModel(indexer, parity["indexer"], config.max_document_length),
+            "indexer": BundleModel(indexer, parity["indexer"], document_length),
             "retriever": BundleModel(retriever, parity["retriever"], retriever_cfg.max_input_length),
             "recommender": BundleModel(recommender, parity["recommender"], recommender_cfg.max_input_length),
         }
@@ -196,7 +198,7 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         manifest = export_bundle(
             out_dir, models, documents, ids, tokenizer, encoder=recommender.config.encoder,
             max_query_length=max(retriever_cfg.max_input_length, recommender_cfg.max_input_length),
-            max_document_length=config.max_document_length, max_history=recommender_cfg.max_history,
+            max_document_length=document_length, max_history=recommender_cfg.max_history,
             evaluation=evaluation, training_config={**training_config, "wall_seconds": timings_note},
             overwrite=overwrite,
         )

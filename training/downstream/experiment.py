@@ -27,7 +27,7 @@ import numpy as np
 
 from training.config import build_config, config_to_dict
 from training.data.corpus import Document
-from training.downstream.finetune import FinetuneConfig, build_network, finalize_checkpoint, train
+from training.downstream.finetune import FinetuneConfig, build_network, finalize_checkpoint, load_indexer_network, train
 from training.downstream.tasks import (
     Example,
     IdSource,
@@ -210,7 +210,6 @@ def final_ids(task: Task, source: IdSource, cold: set[str], network_config: Any,
     from training.downstream.cold_start import index_cold_documents
     from training.downstream.evaluate import TorchModel
     from training.encoder import load_tokenizer
-    from training.indexing.network import SemanticIdNetwork
     from trie import SemanticIdTrie
 
     id_of = source.id_of()
@@ -221,8 +220,8 @@ def final_ids(task: Task, source: IdSource, cold: set[str], network_config: Any,
     warm_ids = np.asarray([id_of[d.doc_id] for d in warm], dtype=np.int64).reshape(len(warm), len(sizes))
     note: dict[str, Any] = {"cold_documents": len(cold_docs)}
     if cold_docs and source.network_dir is not None:
-        indexer = SemanticIdNetwork.load(source.network_dir).eval()
-        model = TorchModel(indexer, load_tokenizer(indexer.config.encoder), max_length=128)
+        indexer = load_indexer_network(source.network_dir)
+        model = TorchModel(indexer, load_tokenizer(indexer.config.encoder), max_length=source.document_length)
         trie, cold_ids = index_cold_documents(model, [d.text for d in cold_docs], warm_ids,
                                               np.arange(len(warm)), np.arange(len(warm), len(known)), sizes)
         original = np.asarray([id_of[d.doc_id] for d in cold_docs])

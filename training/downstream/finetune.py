@@ -76,6 +76,8 @@ class FinetuneConfig:
     # network (used when the IDs come without an indexer network)
     encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "Pretrained encoder for rq-VAE / HC IDs."})
     decoder_layers: int = field(default=2, metadata={"help": "ID decoder layers for a fresh network."})
+    indexer_logit_temperature: float = field(default=10.0, metadata={
+        "help": "Divide the indexer network's logits by this when fine-tuning starts from it (see soften_logits)."})
     min_counter_size: int = field(default=64, metadata={
         "help": "Counter-level size at least this (room for documents indexed after training)."})
     # evaluation
@@ -107,8 +109,9 @@ def build_network(source: IdSource, config: FinetuneConfig) -> SemanticIdNetwork
                               f"K={source.codebook_size})")
         network = SemanticIdNetwork.load(source.network_dir,
                                          counter_size=max(counter_size, int(saved["counter_size"])))
-        logger.info("initialised from the indexer network %s", source.network_dir)
-        return network
+        logger.info("initialised from the indexer network %s (logits / %g)", source.network_dir,
+                    config.indexer_logit_temperature)
+        return soften_logits(network, config.indexer_logit_temperature)
     torch.manual_seed(config.seed)
     network_config = NetworkConfig(encoder=config.encoder, num_levels=source.num_levels,
                                    codebook_size=source.codebook_size, counter_size=counter_size,
@@ -116,6 +119,31 @@ def build_network(source: IdSource, config: FinetuneConfig) -> SemanticIdNetwork
     logger.info("fresh decoder for %s IDs: L=%d K=%d counter %d", source.method, source.num_levels,
                 source.codebook_size, counter_size)
     return SemanticIdNetwork(network_config)
+
+
+def soften_logits(network: SemanticIdNetwork, temperature: float) -> SemanticIdNetwork:
+    """Divide every level's logits by `temperature`, in place, by scaling the final LayerNorm.
+
+    The LMIndexer's codebooks are k-means centroids rescaled to |h| ~ sqrt(d), so its logits
+    h . e are ~|h|^2 cos ~ 400 for MiniLM: a softmax saturated far beyond what fine-tuning can
+    move (cross-entropies in the tens) and float32 log-probs whose rounding differs between torch
+    and onnxruntime by ~5e-4. The final LayerNorm feeds only the output heads (codebooks as input
+    embeddings are untouched), so scaling its weight and bias by 1/temperature divides the logits
+    exactly and keeps every argmax, i.e. the indexer's greedy codes, unchanged.
+    """
+    if temperature != 1.0:
+        with torch.no_grad():
+            network.final_norm.weight.div_(temperature)
+            network.final_norm.bias.div_(temperature)
+    return network
+
+
+def load_indexer_network(directory: Path, counter_size: int | None = None,
+                         temperature: float = 10.0) -> SemanticIdNetwork:
+    """The indexer network as the bundle serves it: counter head sized to `counter_size`, logits softened
+    (argmax, i.e. its greedy codes, unchanged; see soften_logits), in eval mode."""
+    overrides = {"counter_size": counter_size} if counter_size else {}
+    return soften_logits(SemanticIdNetwork.load(directory, **overrides), temperature).eval()
 
 
 def load_network_tokenizer(network: SemanticIdNetwork) -> Any:
@@ -184,7 +212,9 @@ def save_checkpoint(directory: Path, network: SemanticIdNetwork, optimizer: torc
     network.save(stage)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "step": step, "losses": losses}, stage / TRAINER_STATE)
+                "step": step, "losses": losses, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               stage / TRAINER_STATE)
     old = directory.with_name(f".{directory.name}.old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -241,6 +271,10 @@ def train(network: SemanticIdNetwork, examples: Sequence[Example], config: Finet
         scheduler.load_state_dict(trainer_state["scheduler"])
         if scaler is not None and trainer_state.get("scaler"):
             scaler.load_state_dict(trainer_state["scaler"])
+        # Dropout draws continue where the interrupted run left them, so a resumed run is the same run.
+        torch.set_rng_state(trainer_state["rng"])
+        if trainer_state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
 
     texts = [e.text for e in examples]
     targets = torch.tensor([e.semantic_id for e in examples], dtype=torch.long)  # (N, L+1)

@@ -53,6 +53,7 @@ class IdSource:
     table: IdTable
     codebook_sizes: tuple[int, ...]  # K per learned level as the method reported it (length L)
     corpus: Path | None
+    document_length: int = 128  # tokens of a document the indexer read (run.json config max_length)
 
     @property
     def num_levels(self) -> int:
@@ -93,8 +94,9 @@ def load_id_source(directory: str | Path) -> IdSource:
     if len(sizes) != num_levels:
         raise DataFormatError(directory / "run.json", f"{len(sizes)} codebook sizes for {num_levels} learned levels")
     corpus = Path(run["corpus"]) if run.get("corpus") else None
+    length = (run.get("config") or {}).get("max_length", 128)
     return IdSource(directory=directory, method=str(run.get("method", "unknown")), table=table,
-                    codebook_sizes=tuple(int(k) for k in sizes), corpus=corpus)
+                    codebook_sizes=tuple(int(k) for k in sizes), corpus=corpus, document_length=int(length))
 
 
 def choose_cold_documents(doc_ids: Sequence[str], fraction: float, seed: int) -> set[str]:

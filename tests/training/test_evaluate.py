@@ -1,0 +1,139 @@
+"""Evaluation: grouped step functions, valid IDs only, metrics equal a hand computation, cold start."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from training.data.amazon import item_text, load_amazon
+from training.downstream.cold_start import assign_ids, greedy_codes
+from training.downstream.evaluate import (
+    TorchModel,
+    beam_search,
+    decoded_run,
+    grouped_step_fn,
+    restrict_qrels,
+    score_run,
+)
+from training.encoder import load_tokenizer
+from training.indexing.network import NetworkConfig, SemanticIdNetwork
+from trie import SemanticIdTrie
+
+
+class DistanceModel:
+    """A model with the bundle's interface whose level-0 log-probs fall with |code - t_q|, t_q = the
+    query's number; the counter level has one code. Its rankings are known by hand."""
+
+    def __init__(self, targets: Sequence[int], size: int = 8) -> None:
+        self.targets = list(targets)
+        self.size = size
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.array([[int(t)] for t in texts], dtype=np.int64)  # (B, 1): the text is the target code
+        return ids, np.ones_like(ids)
+
+    def encode_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return input_ids[:, :, None].astype(np.float32)  # (B, 1, 1)
+
+    def decoder_step(self, states: np.ndarray, mask: np.ndarray, codes: np.ndarray, level: int) -> np.ndarray:
+        b, w, num_levels = codes.shape
+        assert num_levels == 1 and states.shape[0] == b
+        if level == 1:
+            out = np.full((b, w, self.size), -1e9, dtype=np.float32)
+            out[..., 0] = 0.0
+            return out
+        target = states[:, 0, 0][:, None, None]  # (B, 1, 1)
+        logits = -2.0 * np.abs(np.arange(self.size)[None, None, :] - target)  # (B, 1, V)
+        logits = np.broadcast_to(logits, (b, w, self.size))
+        return (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+
+
+def test_metrics_of_a_decoded_run_equal_a_hand_computation() -> None:
+    ids = np.array([[c, 0] for c in range(8)])  # one document per code
+    trie = SemanticIdTrie.build(ids, codebook_sizes=[8, 1])
+    doc_ids = [f"doc{c}" for c in range(8)]
+    # query q0 wants doc3 and the model aims at 3 (rank 1); q1 wants doc5, the model aims at 4:
+    # ranking 4, 3, 5 (3 and 5 tie, the smaller prefix first) -> rank 3; q2 wants doc7, aims at 0:
+    # ranking 0, 1, 2, 3, 4 -> doc7 not in the top 5.
+    decoded = beam_search(DistanceModel([3, 4, 0]), ["3", "4", "0"], trie, beam_size=20, top_k=5)
+    assert decoded.rows[0].tolist() == [3, 2, 4, 1, 5]
+    assert decoded.rows[1].tolist()[:3] == [4, 3, 5]
+    assert decoded.rows[2].tolist() == [0, 1, 2, 3, 4]
+    run = decoded_run(decoded, ["q0", "q1", "q2"], doc_ids)
+    qrels = {"q0": {"doc3": 1}, "q1": {"doc5": 1}, "q2": {"doc7": 1}}
+    got = score_run(run, qrels, ["recall@5", "ndcg@5", "mrr@5", "recall@1"])
+    assert got["recall@5"] == pytest.approx(2 / 3)
+    assert got["ndcg@5"] == pytest.approx((1 + 1 / math.log2(4) + 0) / 3)
+    assert got["mrr@5"] == pytest.approx((1 + 1 / 3) / 3)
+    assert got["recall@1"] == pytest.approx(1 / 3)
+    # cold-start split of the same run: only q1's document is cold
+    cold = restrict_qrels(qrels, lambda d: d == "doc5")
+    assert cold == {"q1": {"doc5": 1}}
+    assert score_run(run, cold, ["ndcg@5"])["ndcg@5"] == pytest.approx(0.5)
+
+
+def test_grouped_step_fn_hands_each_query_its_own_beams() -> None:
+    seen = []
+
+    def step(queries: np.ndarray, codes: np.ndarray, level: int) -> np.ndarray:
+        seen.append((queries.tolist(), codes.shape))
+        # log-prob of code c for beam w of query q encodes (q, w's first code, c)
+        out = np.zeros((len(queries), codes.shape[1], 5))
+        out += queries[:, None, None] * 100 + codes[:, :, :1] * 10 + np.arange(5)[None, None, :]
+        return out
+
+    step_fn = grouped_step_fn(step, num_levels=2, codebook_sizes=[5, 5, 3])
+    query_index = np.array([2, 0, 2, 2])
+    prefixes = np.array([[1], [4], [3], [0]])
+    out = step_fn(1, query_index, prefixes)
+    assert seen == [([0, 2], (2, 3, 2))]  # two live queries; query 2 has three beams
+    np.testing.assert_array_equal(out[:, 0], [210, 40, 230, 200])
+    assert out.shape == (4, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> TorchModel:
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    network = SemanticIdNetwork(NetworkConfig(num_levels=2, codebook_size=8, counter_size=4, decoder_layers=1,
+                                              decoder_heads=2, decoder_ff_size=64), encoder=encoder)
+    return TorchModel(network, load_tokenizer(), max_length=32, device="cpu")
+
+
+def test_beam_search_with_the_network_returns_only_ids_of_the_trie(tiny_model: TorchModel) -> None:
+    rng = np.random.default_rng(1)
+    learned = np.unique(rng.integers(0, 8, (25, 2)), axis=0)
+    ids = np.concatenate([learned, rng.integers(0, 4, (len(learned), 1))], axis=1)
+    trie = SemanticIdTrie.build(ids, codebook_sizes=[8, 8, 4])
+    texts = [item_text(item) for item in list(load_amazon().items.values())[:12]]
+    decoded = beam_search(tiny_model, texts, trie, beam_size=20, top_k=10, batch_size=5)
+    assert decoded.semantic_ids.shape == (12, 10, 3)
+    assert (decoded.counts == 10).all()
+    valid = {tuple(row) for row in ids.tolist()}
+    for q in range(12):
+        found = [tuple(r) for r in decoded.semantic_ids[q].tolist()]
+        assert set(found) <= valid and len(set(found)) == 10
+        assert [ids[r].tolist() for r in decoded.rows[q]] == [list(f) for f in found]
+        assert np.all(np.diff(decoded.scores[q]) <= 1e-12)  # best first
+
+
+def test_cold_documents_take_greedy_codes_and_the_next_free_counter(tiny_model: TorchModel) -> None:
+    texts = [item_text(item) for item in list(load_amazon().items.values())[:6]]
+    codes = greedy_codes(tiny_model, texts, codebook_sizes=[8, 8, 4])
+    assert codes.shape == (6, 2)
+    # the greedy code of level t is the argmax of the network's step given the codes before it
+    ids, mask = tiny_model.tokenize(texts[:1])
+    states = tiny_model.encode_ids(ids, mask)
+    first = tiny_model.decoder_step(states, mask, np.zeros((1, 1, 2), np.int64), 0)[0, 0, :8].argmax()
+    assert first == codes[0, 0]
+    warm = np.array([[codes[0, 0], codes[0, 1], 0], [codes[0, 0], codes[0, 1], 2]])
+    trie = SemanticIdTrie.build(warm, codebook_sizes=[8, 8, 4])
+    same = np.array([codes[0], codes[0]])  # two new documents with the warm documents' prefix
+    trie, assigned = assign_ids(trie, same, np.array([2, 3]))
+    assert assigned[:, -1].tolist() == [1, 3]  # counters 0 and 2 are taken
+    assert trie.row_of(tuple(assigned[1])) == 3

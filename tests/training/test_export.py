@@ -1,0 +1,117 @@
+"""Export: a bundle exactly as docs/bundle.md says, written only when ONNX parity holds."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+import training.downstream.export as export_module
+from training.data.amazon import items_as_documents, load_amazon
+from training.downstream.export import BundleModel, ParityError, export_bundle
+from training.encoder import load_tokenizer
+from training.indexing.network import NetworkConfig, SemanticIdNetwork
+from trie import DuplicateSemanticIdError, SemanticIdTrie
+
+
+def tiny_network(seed: int) -> SemanticIdNetwork:
+    torch.manual_seed(seed)
+    encoder = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    config = NetworkConfig(num_levels=2, codebook_size=8, counter_size=4, decoder_layers=1, decoder_heads=2,
+                           decoder_ff_size=64)
+    return SemanticIdNetwork(config, encoder=encoder).eval()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    documents = items_as_documents(load_amazon())[:40]
+    rng = np.random.default_rng(0)
+    learned = rng.permutation(np.array([(a, b) for a in range(8) for b in range(8)]))[:30]
+    learned = np.concatenate([learned, learned[:10]])  # 10 collisions -> counter 1
+    ids = np.concatenate([learned, np.r_[np.zeros(30), np.ones(10)][:, None]], axis=1).astype(np.int64)
+    return documents, ids
+
+
+def _export(out: Path, corpus, **kwargs):
+    documents, ids = corpus
+    texts = [d.text for d in documents]
+    titles = [str(d.metadata["title"]) for d in documents]
+    models = {"indexer": BundleModel(tiny_network(1), texts[:20], 48),
+              "retriever": BundleModel(tiny_network(2), titles[:20], 24)}
+    return export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2",
+                         max_query_length=24, max_document_length=48, evaluation={"retriever": {"ndcg@10": 0.5}},
+                         training_config={"note": "test"}, **kwargs)
+
+
+def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> None:
+    documents, ids = corpus
+    out = tmp_path / "bundle"
+    manifest = _export(out, corpus)
+    assert sorted(p.name for p in out.iterdir()) == ["documents.jsonl", "indexer", "manifest.json", "retriever",
+                                                    "tokenizer.json", "trie.bin"]
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["format_version"] == 1
+    assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size": 8, "counter_size": 4,
+                                        "codebook_sizes": [8, 8, 4]}
+    assert manifest["models"] == {
+        "indexer": {"encoder": "indexer/encoder.onnx", "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32},
+        "retriever": {"encoder": "retriever/encoder.onnx", "decoder_step": "retriever/decoder_step.onnx",
+                      "hidden_size": 32},
+    }
+    assert manifest["recommendation"] == {"max_history": 20, "history_separator": ". ",
+                                          "history_order": "most_recent_first"}
+    assert (manifest["max_query_length"], manifest["max_document_length"]) == (24, 48)
+    assert manifest["num_documents"] == 40 and manifest["index_version"] == 0
+    assert manifest["evaluation"] == {"retriever": {"ndcg@10": 0.5}}
+    assert manifest["created_at"].endswith("Z")
+    for name in ("indexer", "retriever"):
+        parity = manifest["onnx_parity"][name]
+        assert parity["max_abs_diff"] <= 1e-4 and parity["top10_identical"] and parity["inputs"] == 20
+    lines = [json.loads(line) for line in (out / "documents.jsonl").read_text().splitlines()]
+    trie = SemanticIdTrie.load(out / "trie.bin")
+    assert trie.codebook_sizes == (8, 8, 4) and len(trie) == 40
+    for row, (line, document) in enumerate(zip(lines, documents, strict=True)):
+        assert line["doc_id"] == document.doc_id and line["text"] == document.text
+        assert line["semantic_id"] == ids[row].tolist()
+        assert trie.row_of(tuple(line["semantic_id"])) == row
+        assert line["metadata"]["title"] == document.metadata["title"]
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"
+
+
+def test_a_bundle_that_fails_parity_is_not_written(tmp_path: Path, corpus, monkeypatch) -> None:
+    real_export = export_module.export_onnx
+
+    def tampered_export(network: SemanticIdNetwork, directory: Path) -> dict[str, str]:
+        # The graphs come from weights that differ from the torch model that parity compares against.
+        tampered = copy.deepcopy(network)
+        with torch.no_grad():
+            tampered.codebooks.add_(0.05 * torch.randn_like(tampered.codebooks))
+        return real_export(tampered, directory)
+
+    monkeypatch.setattr(export_module, "export_onnx", tampered_export)
+    out = tmp_path / "bundle"
+    with pytest.raises(ParityError, match="fails ONNX parity"):
+        _export(out, corpus)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging directory left behind either
+
+    (out / "old").mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")  # an existing bundle survives a failed re-export
+    with pytest.raises(ParityError):
+        _export(out, corpus, overwrite=True)
+    assert (out / "manifest.json").read_text() == "{}"
+
+
+def test_invalid_or_duplicate_ids_are_refused_before_any_export(tmp_path: Path, corpus) -> None:
+    documents, ids = corpus
+    duplicate = ids.copy()
+    duplicate[1] = duplicate[0]
+    with pytest.raises(DuplicateSemanticIdError):
+        _export(tmp_path / "bundle", (documents, duplicate))
+    assert not (tmp_path / "bundle").exists()

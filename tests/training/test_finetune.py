@@ -1,0 +1,139 @@
+"""Fine-tuning: task pairs, network initialisation, the loop lowers the loss, resume is the same run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from training.config import build_config
+from training.data.amazon import item_text, load_amazon
+from training.downstream.finetune import FinetuneConfig, build_network, train
+from training.downstream.tasks import (
+    Example,
+    choose_cold_documents,
+    history_input,
+    load_id_source,
+    recommendation_examples,
+    retrieval_examples,
+)
+from training.encoder import load_tokenizer
+from training.indexing.id_table import write_ids_jsonl
+from training.indexing.network import NetworkConfig, SemanticIdNetwork
+
+
+def tiny_network(seed: int = 0, counter_size: int = 4) -> SemanticIdNetwork:
+    """A real SemanticIdNetwork on a 1-layer, 32-wide BERT (MiniLM's vocabulary), fast on a CPU."""
+    torch.manual_seed(seed)
+    encoder = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    config = NetworkConfig(num_levels=2, codebook_size=8, counter_size=counter_size, decoder_layers=1,
+                           decoder_heads=2, decoder_ff_size=64)
+    return SemanticIdNetwork(config, encoder=encoder)
+
+
+@pytest.fixture(scope="module")
+def beauty_texts() -> list[str]:
+    dataset = load_amazon()
+    return [item_text(item) for item in list(dataset.items.values())[:16]]
+
+
+def test_retrieval_pairs_hold_out_cold_documents_and_add_document_queries() -> None:
+    id_of = {"a": (1, 2, 0), "b": (1, 2, 1), "c": (3, 0, 0)}
+    documents = {"a": "alpha text", "b": "beta text", "c": "gamma text"}
+    qrels = {"q1": {"a": 2, "b": 0}, "q2": {"c": 1}}
+    queries = {"q1": "first query", "q2": "second query"}
+    pairs = retrieval_examples(queries, qrels, documents, id_of, doc_as_query=True, titles={"a": "Alpha"},
+                               cold={"c"})
+    assert [(e.text, e.doc_id, e.semantic_id) for e in pairs] == [
+        ("first query", "a", (1, 2, 0)),  # b is judged non-relevant (gain 0); q2's document is cold
+        ("alpha text", "a", (1, 2, 0)), ("Alpha", "a", (1, 2, 0)),
+        ("beta text", "b", (1, 2, 1)),
+    ]
+    assert len(retrieval_examples(queries, qrels, documents, id_of, doc_as_query=False)) == 2
+
+
+def test_recommendation_input_is_most_recent_first_and_truncated() -> None:
+    assert history_input(["old", "mid", "new"], max_history=2) == "new. mid"
+    texts = {"i1": "one", "i2": "two", "i3": "three"}
+    id_of = {"i1": (0, 0, 0), "i2": (0, 1, 0), "i3": (1, 0, 0)}
+    pairs = recommendation_examples([(("i1", "i2"), "i3"), (("i1",), "i2")], texts, id_of, max_history=20,
+                                    cold={"i2"})
+    assert pairs == [Example("two. one", "i3", (1, 0, 0))]
+
+
+def test_cold_documents_are_a_seeded_five_percent() -> None:
+    ids = [f"d{i}" for i in range(200)]
+    cold = choose_cold_documents(ids, 0.05, seed=3)
+    assert len(cold) == 10 and cold <= set(ids)
+    assert cold == choose_cold_documents(list(reversed(ids)), 0.05, seed=3)
+    assert choose_cold_documents(ids, 0.0, seed=3) == set()
+
+
+def test_fresh_network_is_sized_to_the_id_table(tmp_path: Path) -> None:
+    codes = np.array([[0, 5, 0], [6, 1, 0], [6, 1, 1], [2, 3, 0]])
+    write_ids_jsonl(tmp_path / "ids.jsonl", ["a", "b", "c", "d"], codes)
+    (tmp_path / "run.json").write_text(json.dumps({"method": "hc", "codebook_sizes": [7, 6]}))
+    source = load_id_source(tmp_path)
+    assert source.network_dir is None and source.codebook_size == 7 and source.num_levels == 2
+    config = build_config(FinetuneConfig, {"min_counter_size": 3, "decoder_layers": 1})
+    network = build_network(source, config)
+    assert network.config.codebook_sizes == (7, 7, 3)
+
+
+def test_lmindexer_ids_initialise_from_the_saved_indexer(tmp_path: Path) -> None:
+    indexer = tiny_network(seed=5, counter_size=2)
+    indexer.save(tmp_path / "network")
+    codes = np.array([[0, 5, 0], [0, 5, 1], [0, 5, 2], [7, 1, 0]])  # the table needs a counter of 3
+    write_ids_jsonl(tmp_path / "ids.jsonl", list("abcd"), codes)
+    (tmp_path / "run.json").write_text(json.dumps({"method": "lmindexer", "codebook_sizes": [8, 8]}))
+    network = build_network(load_id_source(tmp_path), build_config(FinetuneConfig, {"min_counter_size": 3}))
+    assert network.config.counter_size == 3
+    torch.testing.assert_close(network.codebooks, indexer.codebooks)
+    torch.testing.assert_close(network.counter_head[:2], indexer.counter_head)
+
+
+def test_training_lowers_the_loss(tmp_path: Path, beauty_texts) -> None:
+    tokenizer = load_tokenizer()
+    rng = np.random.default_rng(0)
+    examples = [Example(text, f"d{i}", (int(rng.integers(8)), int(rng.integers(8)), int(rng.integers(4))))
+                for i, text in enumerate(beauty_texts)]
+    config = build_config(FinetuneConfig, {"steps": 40, "batch_size": 8, "lr": 1e-3, "head_lr": 5e-3,
+                                           "warmup_steps": 2, "max_input_length": 24, "checkpoint_every": 0,
+                                           "num_threads": 1})
+    network = tiny_network()
+    history = train(network, examples, config, tmp_path / "run", tokenizer=tokenizer, progress=False)
+    losses = history["losses"]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+
+
+class _CrashingTokenizer:
+    """The real tokenizer, interrupted (as by a killed job) on its `crash_at`-th call."""
+
+    def __init__(self, tokenizer, crash_at: int) -> None:
+        self.tokenizer, self.calls, self.crash_at = tokenizer, 0, crash_at
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise KeyboardInterrupt
+        return self.tokenizer(*args, **kwargs)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_as_the_same_run(tmp_path: Path, beauty_texts) -> None:
+    tokenizer = load_tokenizer()
+    examples = [Example(text, f"d{i}", (i % 8, (3 * i) % 8, i % 2)) for i, text in enumerate(beauty_texts)]
+    config = build_config(FinetuneConfig, {"steps": 10, "batch_size": 8, "warmup_steps": 2, "max_input_length": 24,
+                                           "checkpoint_every": 3, "num_threads": 1})
+    whole = train(tiny_network(seed=1), examples, config, tmp_path / "whole", tokenizer=tokenizer, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # steps 1..6 done, checkpoints at 3 and 6, killed during step 7
+        train(tiny_network(seed=1), examples, config, tmp_path / "resumed",
+              tokenizer=_CrashingTokenizer(tokenizer, crash_at=7), progress=False)
+    resumed = train(tiny_network(seed=9), examples, config, tmp_path / "resumed", tokenizer=tokenizer, progress=False)
+    assert resumed["resumed_from"] == 6 and resumed["steps"] == 10
+    np.testing.assert_allclose(resumed["losses"], whole["losses"], rtol=1e-5, atol=1e-6)
