@@ -130,11 +130,13 @@ def bench_indexing(url: str, batch: int, batches: int, seed: int) -> dict[str, A
     """Sequential /index-documents batches of new documents: documents per second."""
     rng = np.random.default_rng(seed)
     run_id = int(time.time())
+    texts = [text for _, text in beauty_texts()]
     times = []
     with httpx.Client(base_url=url, timeout=120) as client:
         for b in range(batches):
+            # Real Beauty item texts (realistic lengths), made new so each gets a fresh ID.
             docs = [{"doc_id": f"bench-{run_id}-{b}-{i}",
-                     "text": f"title: {make_query(rng)}, brand: {rng.choice(WORDS)}, category: beauty {b}-{i}"}
+                     "text": f"{texts[int(rng.integers(len(texts)))]} (edition {run_id}-{b}-{i})"}
                     for i in range(batch)]
             started = time.perf_counter()
             response = client.post("/index-documents", json={"documents": docs})
@@ -184,6 +186,72 @@ def build_large_trie_variant(bundle: Path, out: Path, total_ids: int, seed: int)
                                 "semantic_id": sid}) + "\n")
     manifest["num_documents"] = len(ids)
     manifest["training_config"] = {**manifest.get("training_config", {}), "bench_variant": f"{len(ids)} IDs"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def beauty_texts(limit: int | None = None) -> list[tuple[str, str]]:
+    """(asin, rendered text) of the vendored Amazon Beauty items: realistic document lengths."""
+    import gzip
+
+    out = []
+    with gzip.open(REPO / "data" / "amazon-beauty" / "items.jsonl.gz", "rt", encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            out.append((item["asin"], f"title: {item.get('title', '')}, brand: {item.get('brand', '')}, "
+                                      f"category: {item.get('first_category_path', '')}"))
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: int = 64, seed: int = 0) -> Path:
+    """A bundle with the real default encoder (MiniLM) and training's ID decoder, untrained.
+
+    For cost only: the graphs are exactly what `lmindexer export` writes (training's
+    SemanticIdNetwork through training.downstream.export.export_onnx), so the per-request work is the
+    real one; the answers are meaningless. The 12,101 Beauty items get random unique IDs (K=256 so
+    the same models also fit the 1M-ID trie variant).
+    """
+    import torch
+
+    from tests.service.tiny_bundle import tokenizer_path
+    from training.downstream.export import export_onnx
+    from training.indexing.network import NetworkConfig, SemanticIdNetwork
+    from trie import SemanticIdTrie
+
+    torch.manual_seed(seed)
+    config = NetworkConfig(num_levels=2, codebook_size=codebook_size, counter_size=counter_size,
+                           decoder_layers=1, decoder_ff_size=512)
+    network = SemanticIdNetwork(config).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for name in ("indexer", "retriever", "recommender"):
+        files = export_onnx(network, out / name)
+        models[name] = {key: f"{name}/{value}" for key, value in files.items()} | {"hidden_size": network.hidden_size}
+    shutil.copy(tokenizer_path(), out / "tokenizer.json")
+    items = beauty_texts()
+    sizes = list(config.codebook_sizes)
+    rng = np.random.default_rng(seed)
+    keys = rng.choice(int(np.prod(sizes)), size=len(items), replace=False)
+    multipliers = np.cumprod([1, *sizes[::-1][:-1]])[::-1].astype(np.int64)
+    ids = np.stack([(keys // m) % s for m, s in zip(multipliers, sizes, strict=True)], axis=1)
+    SemanticIdTrie.build(ids, codebook_sizes=sizes).save(out / "trie.bin")
+    with open(out / "documents.jsonl", "w", encoding="utf-8") as f:
+        for (asin, text), sid in zip(items, ids.tolist(), strict=True):
+            f.write(json.dumps({"doc_id": asin, "text": text, "metadata": {}, "semantic_id": sid}) + "\n")
+    manifest = {
+        "format_version": 1, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "semantic_ids": {"num_levels": 2, "codebook_size": codebook_size, "counter_size": counter_size,
+                         "codebook_sizes": sizes},
+        "tokenizer": "tokenizer.json", "max_query_length": 64, "max_document_length": 128, "models": models,
+        "recommendation": {"max_history": 20, "history_separator": ". ", "history_order": "most_recent_first"},
+        "trie": "trie.bin", "documents": "documents.jsonl", "num_documents": len(items), "index_version": 0,
+        "onnx_parity": {}, "training_config": {"note": "benchmark bundle: MiniLM + untrained ID decoder (1 layer)"},
+        "evaluation": {},
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
 
@@ -249,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, help="Bundle to serve (e.g. bundles/demo).")
     parser.add_argument("--tiny", action="store_true", help="Use the tests' tiny random bundle instead.")
+    parser.add_argument("--minilm", type=Path, metavar="DIR",
+                        help="Build (once) and use a MiniLM-cost bundle in DIR: the default encoder and "
+                             "training's ID decoder, untrained (for when no demo bundle is at hand).")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=8.0, help="Measured seconds per load level.")
     parser.add_argument("--large-trie-ids", type=int, default=1_000_000,
@@ -267,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         from tests.service.tiny_bundle import cached_tiny_bundle
 
         args.bundle = cached_tiny_bundle()
+    if args.minilm is not None:
+        if not (args.minilm / "manifest.json").is_file():
+            build_minilm_bundle(args.minilm, seed=args.seed)
+        args.bundle = args.minilm
     if args.bundle is None or not (args.bundle / "manifest.json").is_file():
         parser.error("give --bundle DIR (a bundle with manifest.json; `lmindexer build-demo --out DIR`) or --tiny")
     args.redis_url = args.redis_url or None

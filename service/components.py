@@ -75,7 +75,7 @@ class Components:
             tokenizer = tokenizers.setdefault(length, TextTokenizer(manifest.tokenizer, length))
             models[name] = await asyncio.to_thread(
                 OnnxModel, files, tokenizer, codebook_sizes=manifest.codebook_sizes, providers=providers,
-                intra_op_threads=settings.intra_op_threads)
+                intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
         searchers = {name: model for name, model in models.items() if name != "indexer"}
         ranker = ModelRanker(searchers, index, metrics, beam_size=settings.beam_size,
                              batch_max_size=settings.batch_max_size,

@@ -72,7 +72,8 @@ class OnnxModel:
     """One of the bundle's models (indexer, retriever or recommender): two onnxruntime sessions."""
 
     def __init__(self, files: ModelFiles, tokenizer: TextTokenizer, *,
-                 codebook_sizes: tuple[int, ...], providers: list[str], intra_op_threads: int) -> None:
+                 codebook_sizes: tuple[int, ...], providers: list[str], intra_op_threads: int,
+                 allow_spinning: bool = False) -> None:
         self.name = files.name
         self.tokenizer = tokenizer
         self.codebook_sizes = codebook_sizes
@@ -84,6 +85,7 @@ class OnnxModel:
         # One batch at a time per model (the batcher serialises calls): inter-op threads only add
         # contention on small machines.
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self._encoder = ort.InferenceSession(str(files.encoder), options, providers=providers)
         self._decoder = ort.InferenceSession(str(files.decoder_step), options, providers=providers)
         self.providers = self._encoder.get_providers()

@@ -95,6 +95,11 @@ class ServiceSettings(BaseSettings):
         0, ge=0,
         description="onnxruntime intra-op threads per session; 0 = one per physical core. Lower it when "
                     "several replicas share a machine.")
+    allow_spinning: bool = Field(
+        False,
+        description="Let onnxruntime's threads busy-wait between operators. Saves a little latency on a "
+                    "dedicated machine; on a shared or oversubscribed one (several replicas, other jobs) "
+                    "spinning threads steal the CPU the model needs (measured 2x slower), hence off.")
     batch_max_size: int = Field(32, ge=1, description="Most queries sent to the model in one call.")
     batch_max_wait_ms: float = Field(
         1.0, ge=0,
