@@ -136,7 +136,15 @@ class SemanticIdTrie:
     @staticmethod
     def _compact_layer(codec: KeyCodec, keys: np.ndarray, rows: np.ndarray) -> Layer:
         rows = rows.astype(index_dtype(int(rows.max()) if len(rows) else 0))
-        return Layer(codec, keys, rows, csr=Csr.build(keys, codec), row_index=RowIndex.build(rows))
+        csr = Csr.build(keys, codec)
+        row_index = RowIndex.build(rows)
+        # Shared by every later version and by concurrent readers: make accidental writes fail loudly.
+        for array in (keys, rows, *csr.child_offsets, *csr.node_codes, *row_index.arrays.values()):
+            array.flags.writeable = False
+        for bitmap in csr.bitmaps:
+            if bitmap is not None:
+                bitmap.flags.writeable = False
+        return Layer(codec, keys, rows, csr=csr, row_index=row_index)
 
     @staticmethod
     def _validate_rows(rows: Any, count: int) -> np.ndarray:
