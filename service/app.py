@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.components import Components
-from service.errors import OverloadedError, PayloadTooLargeError, ServiceError
+from service.errors import OverloadedError, ServiceError
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.routes import router
@@ -81,7 +81,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+        error_type = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
+                      413: "payload_too_large"}.get(
             exc.status_code, "http_error")
         return _error_response(app, exc.status_code, str(exc.detail), error_type,
                                headers=getattr(exc, "headers", None))
@@ -144,7 +145,7 @@ class HttpEdgeMiddleware:
         await send({"type": "http.response.body", "body": body.body})
 
     def _limited(self, receive: Receive) -> Receive:
-        """A receive that raises PayloadTooLargeError once a chunked body passes the limit."""
+        """A receive that fails with 413 once a body without Content-Length passes the limit."""
         received = 0
 
         async def limited() -> Message:
@@ -153,7 +154,9 @@ class HttpEdgeMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise PayloadTooLargeError(f"request body over {self.max_body_bytes} bytes")
+                    # An HTTPException: FastAPI turns any other error raised while reading the body
+                    # into a 400 "error parsing the body".
+                    raise StarletteHTTPException(413, f"request body over {self.max_body_bytes} bytes")
             return message
 
         return limited

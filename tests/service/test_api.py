@@ -146,6 +146,17 @@ def test_over_large_body_is_413(client: TestClient) -> None:
     _assert_error(client.post("/index-documents", json=big), 413, "payload_too_large")
 
 
+def test_over_large_chunked_body_is_413(client: TestClient) -> None:
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        yield b'{"documents": [{"doc_id": "big", "text": "'
+        for _ in range(80):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    response = client.post("/index-documents", content=chunks(), headers={"content-type": "application/json"})
+    _assert_error(response, 413, "payload_too_large")
+
+
 def test_unknown_document_is_404(client: TestClient) -> None:
     _assert_error(client.get("/documents/does-not-exist"), 404, "not_found", "does-not-exist")
 
