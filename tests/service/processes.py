@@ -36,8 +36,8 @@ class ServiceProcess:
     def __init__(self, bundle_dir: Path, store_path: Path, *, redis_url: str | None = None,
                  env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None,
                  replica_id: str | None = None) -> None:
-        self.bundle_dir = Path(bundle_dir)
-        self.store_path = Path(store_path)
+        self.bundle_dir = Path(bundle_dir).resolve()  # the process runs in the store's directory
+        self.store_path = Path(store_path).resolve()
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or self.store_path.with_suffix(f".{self.port}.log")
