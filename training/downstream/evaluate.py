@@ -184,3 +184,18 @@ def restrict_qrels(qrels: Mapping[str, Mapping[str, int]], keep: Callable[[str],
         if kept:
             out[query_id] = kept
     return out
+
+
+def per_query_latency(model: Any, texts: Sequence[str], trie: Any, beam_size: int = 20,
+                      top_k: int = 10) -> dict[str, float]:
+    """Seconds per query, one query at a time (tokenize + encode + constrained beam search), after a
+    warm-up query: the latency one request sees with no batching. Returns mean, median and p95."""
+    beam_search(model, list(texts[:1]), trie, beam_size=beam_size, top_k=top_k, batch_size=1)  # warm-up
+    seconds = []
+    for text in texts:
+        started = time.perf_counter()
+        beam_search(model, [text], trie, beam_size=beam_size, top_k=top_k, batch_size=1)
+        seconds.append(time.perf_counter() - started)
+    values = np.asarray(seconds)
+    return {"mean_s": float(values.mean()), "median_s": float(np.median(values)),
+            "p95_s": float(np.percentile(values, 95)), "queries": len(values), "beam_size": beam_size}

@@ -124,9 +124,9 @@ def cranfield_task(directory: str | Path) -> Task:
     split = cranfield_query_split(list(queries))
 
     def eval_set(ids: Sequence[str]) -> EvalSet:
-        kept = [q for q in ids if any(g > 0 for g in collection.qrels.get(q, {}).values())]
-        return EvalSet(query_ids=kept, texts=[queries[q] for q in kept],
-                       qrels={q: dict(collection.qrels[q]) for q in kept})
+        # Every query of the split counts (one without a relevant document scores 0, as in trec_eval -c).
+        return EvalSet(query_ids=list(ids), texts=[queries[q] for q in ids],
+                       qrels={q: dict(collection.qrels.get(q, {})) for q in ids})
 
     return Task(kind="retrieval", name="cranfield", documents=documents,
                 eval_sets={"valid": eval_set(split["dev"]), "test": eval_set(split["test"])},
@@ -281,3 +281,84 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
         logger.info("%s %s: %s", task.name, split, json.dumps(results[split]["all"]))
     (eval_dir / "metrics.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results
+
+
+def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_preset: str,
+                       ids_overrides: Mapping[str, Sequence[str]], config: FinetuneConfig,
+                       split: str = "test", latency_queries: int = 30, progress: bool = True) -> dict[str, Any]:
+    """The benchmarks' generative half: for each ID method, learn IDs on the task's documents, fine-tune
+    the same downstream model on them, evaluate `split` (all / warm / cold-start documents); for the
+    first method also time one query at a time at beam 20, torch vs onnxruntime (CPU).
+
+    Every stage skips work already done under `work` (learn-ids output, finetune.json, eval metrics), and
+    fine-tuning resumes from its checkpoint, so an interrupted benchmark can be re-run to completion.
+    """
+    import time
+
+    from training.data.corpus import write_corpus_jsonl
+    from training.indexing.learning import learn_ids
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "corpus.jsonl"
+    if not corpus.is_file():
+        write_corpus_jsonl(corpus, task.documents)
+    results: dict[str, Any] = {}
+    for method in methods:
+        started = time.perf_counter()
+        ids_dir = work / f"ids-{method}"
+        if not (ids_dir / "ids.jsonl").is_file():
+            learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=ids_preset,
+                      overrides=list(ids_overrides.get(method, ())), overwrite=True)
+        learn_seconds = time.perf_counter() - started
+        source = load_id_source(ids_dir)
+        model_dir = work / f"finetune-{method}"
+        if not (model_dir / FINETUNE_RECORD).is_file():
+            finetune_task(task, source, config, model_dir, progress=progress)
+        finetune_seconds = time.perf_counter() - started - learn_seconds
+        metrics_path = model_dir / "eval" / "metrics.json"
+        if metrics_path.is_file() and split in json.loads(metrics_path.read_text()):
+            evaluation = json.loads(metrics_path.read_text())
+        else:
+            evaluation = evaluate_task(task, model_dir, splits=(split,), progress=progress)
+        metrics = json.loads((ids_dir / "metrics.json").read_text())
+        results[method] = {
+            "ids": {"preset": ids_preset, "overrides": list(ids_overrides.get(method, ())),
+                    "num_levels": source.num_levels, "codebook_sizes": list(source.codebook_sizes),
+                    "counter_size": source.table.counter_size,
+                    "collision_rate": metrics.get("collisions", {}).get("collision_rate")},
+            "test": evaluation[split]["all"], "queries": evaluation[split]["queries"],
+            "warm": evaluation[split]["warm"], "cold_start": evaluation[split]["cold"],
+            "cold_start_queries": evaluation[split]["cold_queries"], "cold_start_assignment": evaluation["cold_start"],
+            "only_valid_ids": evaluation[split]["valid_ids"],
+            "seconds": {"learn_ids": round(learn_seconds, 1), "finetune": round(finetune_seconds, 1),
+                        "evaluate_per_query": evaluation[split]["seconds_per_query"]},
+        }
+        logger.info("%s: %s", method, json.dumps(results[method]["test"]))
+    if latency_queries and methods:
+        results["latency"] = _latency(task, work / f"finetune-{methods[0]}", split, latency_queries)
+    return results
+
+
+def _latency(task: Task, model_dir: Path, split: str, count: int) -> dict[str, Any]:
+    """Per-query latency at beam 20 of one fine-tuned model, torch vs onnxruntime, on the CPU."""
+    import torch
+
+    from training.downstream.evaluate import TorchModel, per_query_latency
+    from training.downstream.export import OnnxModel, export_onnx
+    from training.encoder import load_tokenizer
+    from training.indexing.id_table import read_ids_jsonl
+    from trie import SemanticIdTrie
+
+    record, config, network = load_finetuned(model_dir)
+    table = read_ids_jsonl(model_dir / "eval" / "ids.jsonl")  # the evaluated documents, cold ones included
+    trie = SemanticIdTrie.build(table.semantic_ids, codebook_sizes=list(network.config.codebook_sizes))
+    tokenizer = load_tokenizer(network.config.encoder)
+    torch_model = TorchModel(network, tokenizer, config.max_input_length, device="cpu")
+    export_onnx(network, model_dir / "onnx")
+    onnx_model = OnnxModel(model_dir / "onnx", tokenize=torch_model.tokenize, threads=torch.get_num_threads())
+    texts = task.eval_sets[split].texts[:count]
+    return {"model": record["method"], "torch_threads": torch.get_num_threads(),
+            "torch": per_query_latency(torch_model, texts, trie),
+            "onnxruntime": per_query_latency(onnx_model, texts, trie),
+            "note": "one query at a time on the CPU: tokenize + encode + constrained beam search (beam 20, top 10)"}

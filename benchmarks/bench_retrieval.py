@@ -1,0 +1,95 @@
+"""Cranfield retrieval on the foundation's fixed test split (75 queries), one run, one JSON:
+
+- the same downstream model (semantic-ID network fine-tuned on the 125 training queries plus
+  document-as-query and title-as-query pairs, constrained beam search, beam 20) on LMIndexer,
+  rq-VAE and HC IDs of the 1,400 abstracts;
+- the foundation's BM25 and dense (all-MiniLM-L6-v2) baselines on the same test queries;
+- cold-start figures: relevance judgments on the 5% of documents held out of fine-tuning;
+- per-query latency at beam 20, torch vs onnxruntime, on the CPU.
+
+nDCG@10 (graded gains), Recall@10 and MRR@10 with training.metrics. Without a GPU this runs a
+reduced CPU preset, labelled in the JSON. Work files go to --work; re-running resumes.
+
+    nice -n 10 python benchmarks/bench_retrieval.py --out benchmarks/results/retrieval-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=RESULTS / "retrieval-cpu.json")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-retrieval"))
+    parser.add_argument("--data", type=Path, default=None, help="Cranfield folder (default: data/cranfield).")
+    parser.add_argument("--methods", default="lmindexer,rqvae,hc")
+    parser.add_argument("--ids-preset", default="quick")
+    parser.add_argument("--finetune-preset", default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="finetune setting overrides, e.g. --set steps=300")
+    parser.add_argument("--latency-queries", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    from training.baselines.recommendation import machine_description
+    from training.baselines.retrieval import run_retrieval_baseline
+    from training.config import config_to_dict, load_config, preset_path
+    from training.downstream.experiment import DATA_DIR, compare_id_methods, cranfield_task
+    from training.downstream.finetune import FinetuneConfig
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    config = load_config(FinetuneConfig, preset_path("finetune", args.finetune_preset),
+                         [*args.overrides, f"num_threads={args.threads}", "eval_max_queries=0"])
+    data_dir = args.data or DATA_DIR / "cranfield"
+    task = cranfield_task(data_dir)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    generative = compare_id_methods(task, args.work, methods, args.ids_preset, {}, config, split="test",
+                                    latency_queries=args.latency_queries, progress=False)
+    baselines = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for method in ("bm25", "dense"):
+            report = run_retrieval_baseline(method, scratch, split="test", data_dir=data_dir)
+            baselines[method] = report["metrics"]
+    metrics = ("ndcg@10", "recall@10", "mrr@10")
+    report = {
+        "benchmark": "cranfield retrieval, fixed test split (75 queries, seed 20240721)",
+        "preset": "cpu-reduced" if args.finetune_preset != "paper" else "paper",
+        "reduced": {"learn_ids_preset": args.ids_preset, "finetune_preset": args.finetune_preset,
+                    "finetune_steps": config.steps, "why": "no GPU in this session; 2 shared CPU cores"},
+        "metrics_test": {**{m: generative[m]["test"] for m in methods},
+                         **{b: {k: baselines[b][k] for k in metrics} for b in baselines}},
+        "cold_start_test": {m: {"figures": generative[m]["cold_start"], "queries": generative[m]["cold_start_queries"],
+                                "assignment": generative[m]["cold_start_assignment"]} for m in methods},
+        "warm_test": {m: generative[m]["warm"] for m in methods},
+        "generative_details": {m: {k: v for k, v in generative[m].items() if k not in ("test", "warm", "cold_start")}
+                               for m in methods},
+        "latency_per_query_beam20": generative.get("latency"),
+        "reference_all_225_queries": {"bm25": {"ndcg@10": 0.352, "recall@10": 0.389, "mrr@10": 0.508},
+                                      "dense": {"ndcg@10": 0.382, "recall@10": 0.416, "mrr@10": 0.538}},
+        "finetune_config": config_to_dict(config),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "machine": {**machine_description(), "load_average_at_start": load_at_start},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for name, figures in report["metrics_test"].items():
+        print(f"{name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    print(f"wrote {args.out} ({report['wall_time_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
