@@ -100,3 +100,23 @@ def test_presets_load_and_bad_settings_fail() -> None:
         load_config(LMIndexerConfig, None, ["hint_mask_probs=[1.5]"])
     with pytest.raises(ConfigError):
         load_config(LMIndexerConfig, None, ["no_such_setting=1"])
+
+
+def test_fast_decode_equals_network_decode() -> None:
+    from training.indexing.lmindexer import fast_decode
+    from training.indexing.network import NetworkConfig
+
+    torch.manual_seed(0)
+    network = SemanticIdNetwork(NetworkConfig(num_levels=3, codebook_size=8, counter_size=4))
+    states = torch.randn(3, 9, network.hidden_size)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    vectors = network.embed_codes(torch.tensor([[[1, 2], [3, 4]], [[5, 6], [7, 0]], [[2, 2], [1, 1]]]))
+    network.eval()
+    torch.testing.assert_close(fast_decode(network, states, mask, vectors), network.decode(states, mask, vectors),
+                               atol=2e-5, rtol=1e-4)
+    network.train()  # same dropout draws in the same order
+    torch.manual_seed(5)
+    fast = fast_decode(network, states, mask, vectors)
+    torch.manual_seed(5)
+    torch.testing.assert_close(fast, network.decode(states, mask, vectors), atol=2e-5, rtol=1e-4)
