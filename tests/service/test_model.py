@@ -69,3 +69,15 @@ def test_tokenizer_pads_to_the_longest_and_truncates(bundle_dir: Path) -> None:
     assert ids.shape == mask.shape == (2, 8)
     assert mask[0].sum() == 3 and mask[1].sum() == 8  # [CLS] short [SEP]; truncated to 8
     assert ids[1, -1] == 102  # [SEP] kept at the end after truncation
+
+
+def test_greedy_codes_in_length_sorted_chunks_match_one_by_one(bundle_dir: Path) -> None:
+    manifest = load_manifest(bundle_dir)
+    model = OnnxModel(manifest.models["indexer"], TextTokenizer(manifest.tokenizer, manifest.max_document_length),
+                      codebook_sizes=manifest.codebook_sizes, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    texts = [*QUERIES, "x", "a fairly long document text " * 5]
+    codes, ranked = model.greedy_codes(texts, 4, chunk_size=3)
+    for i, text in enumerate(texts):
+        alone_codes, alone_ranked = model.greedy_codes([text], 4)
+        assert codes[i].tolist() == alone_codes[0].tolist()
+        assert ranked[i, 0] == codes[i, -1] and ranked[i].tolist() == alone_ranked[0].tolist()
