@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -125,8 +126,7 @@ def rank_metrics(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str,
 
 
 def machine_description() -> dict[str, Any]:
-    """Platform, CPU count and library versions, for benchmark and metrics JSON."""
-    import os
+    """Platform, CPU count, load and library versions, for benchmark and metrics JSON."""
     import platform
 
     import torch
@@ -140,6 +140,8 @@ def machine_description() -> dict[str, Any]:
         "numpy": np.__version__,
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
+        # Other jobs share these machines: the load average says how much CPU this run really had.
+        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -178,6 +180,7 @@ def run_recommendation_baseline(method: str, out_dir: Path, **options: Any) -> d
     out_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     dataset = load_amazon(data_settings)
     data = RecData.from_dataset(dataset)
     if method == "popularity":
@@ -201,7 +204,7 @@ def run_recommendation_baseline(method: str, out_dir: Path, **options: Any) -> d
         },
         **result,
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "machine": machine_description(),
+        "machine": {**machine_description(), "load_average_at_start": load_at_start},
     }
     path = out_dir / f"metrics-{method}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
