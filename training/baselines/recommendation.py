@@ -146,7 +146,8 @@ def machine_description() -> dict[str, Any]:
 
 
 def _split_options(options: dict[str, Any], method_cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
-    data_keys = {f.name for f in dataclasses.fields(AmazonSettings)}
+    # Only the file locations of AmazonSettings apply: the baselines build their own histories.
+    data_keys = {"items_path", "sequences_path"}
     method_keys = {f.name for f in dataclasses.fields(method_cls)}
     unknown = sorted(set(options) - data_keys - method_keys)
     if unknown:
@@ -161,11 +162,12 @@ def _split_options(options: dict[str, Any], method_cls: type) -> tuple[dict[str,
 def run_recommendation_baseline(method: str, out_dir: Path, **options: Any) -> dict[str, Any]:
     """Train (if needed) and evaluate a recommendation baseline; write `out_dir/metrics-<method>.json`.
 
-    `method` is "popularity" or "sasrec". `options` are settings of `AmazonSettings` (the data
-    files) and of the method's settings class (`PopularitySettings` / `SASRecSettings`), by name;
-    an unknown name raises ConfigError. Returns the JSON object written: the figures under
-    `metrics` (`valid` / `test` -> `recall@5`, `ndcg@5`, `recall@10`, `ndcg@10`), the settings,
-    the data counts, timings and the machine.
+    `method` is "popularity" or "sasrec". `options` are `items_path` / `sequences_path` (the data
+    files, default: vendored Beauty) and settings of the method's settings class
+    (`PopularitySettings` / `SASRecSettings`), by name; an unknown name raises ConfigError.
+    Returns the JSON object written: the figures under `metrics` (`valid` / `test` ->
+    `recall@5`, `ndcg@5`, `recall@10`, `ndcg@10`), the settings, the data counts, timings and
+    the machine.
     """
     from training.baselines.popularity import PopularitySettings, run_popularity
     from training.baselines.sasrec import SASRecSettings, train_sasrec
