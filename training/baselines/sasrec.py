@@ -217,7 +217,11 @@ def sasrec_ranks(
     exclude_history: bool = False,
     device: str = "cpu",
 ) -> np.ndarray:
-    """1-based rank of each target among all items: shape (num_users,)."""
+    """1-based rank of each target among all items: shape (num_users,).
+
+    The model reads the last `max_len` items of each history; `exclude_history` removes those
+    items (never the target) from the ranking.
+    """
     model.eval()
     inputs = left_pad(histories, model.max_len)
     ranks = np.empty(len(targets), dtype=np.int64)
