@@ -13,7 +13,7 @@ from service.bundle import load_documents, load_manifest
 from service.index import LiveIndex
 from service.store import DocumentStore
 from tests.service.processes import RedisServer, ServiceProcess
-from tests.service.tiny_bundle import cached_tiny_bundle
+from tests.service.tiny_bundle import service_test_bundle
 from trie import SemanticIdTrie
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -67,7 +67,7 @@ def _check_after_restart(bundle_dir: Path, store: Path, service: ServiceProcess,
 def test_kill_9_during_indexing_loses_no_acknowledged_document(tmp_path: Path, with_redis: bool) -> None:
     if with_redis and not RedisServer.available():
         pytest.skip("redis-server not installed")
-    bundle_dir = cached_tiny_bundle()
+    bundle_dir = service_test_bundle()
     store = tmp_path / "store.sqlite3"
     private = RedisServer(tmp_path / "redis").start() if with_redis else None
     redis_url = private.url if private else None

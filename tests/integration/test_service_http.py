@@ -19,7 +19,7 @@ from service.bundle import load_documents, load_manifest
 from service.index import LiveIndex
 from service.store import DocumentStore
 from tests.service.processes import RedisServer, ServiceProcess
-from tests.service.tiny_bundle import cached_tiny_bundle
+from tests.service.tiny_bundle import service_test_bundle
 from trie import SemanticIdTrie
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,7 +30,7 @@ TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
 @pytest.fixture(scope="module")
 def bundle_dir() -> Path:
     """The served bundle (one line to switch to the demo bundle)."""
-    return cached_tiny_bundle()
+    return service_test_bundle()
 
 
 @pytest.fixture

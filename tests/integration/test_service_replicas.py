@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.service.processes import RedisServer, ServiceProcess
-from tests.service.tiny_bundle import cached_tiny_bundle
+from tests.service.tiny_bundle import service_test_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,7 +37,7 @@ def _wait_for_document(url: str, doc_id: str, timeout_s: float) -> tuple[float, 
 
 def test_a_document_indexed_on_one_replica_is_found_on_the_other_within_1s(
         tmp_path: Path, private_redis: RedisServer) -> None:
-    bundle_dir = cached_tiny_bundle()
+    bundle_dir = service_test_bundle()
     a = ServiceProcess(bundle_dir, tmp_path / "a.sqlite3", redis_url=private_redis.url, replica_id="a").start()
     b = ServiceProcess(bundle_dir, tmp_path / "b.sqlite3", redis_url=private_redis.url, replica_id="b").start()
     try:
@@ -87,7 +87,7 @@ def test_a_document_indexed_on_one_replica_is_found_on_the_other_within_1s(
 
 
 def test_redis_killed_and_restarted_under_load(tmp_path: Path, private_redis: RedisServer) -> None:
-    bundle_dir = cached_tiny_bundle()
+    bundle_dir = service_test_bundle()
     a = ServiceProcess(bundle_dir, tmp_path / "a.sqlite3", redis_url=private_redis.url, replica_id="a").start()
     b = ServiceProcess(bundle_dir, tmp_path / "b.sqlite3", redis_url=private_redis.url, replica_id="b").start()
     stop = threading.Event()

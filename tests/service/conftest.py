@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.service.tiny_bundle import cached_tiny_bundle
+from tests.service.tiny_bundle import service_test_bundle
 
 # The machine's Redis; tests use their own database number and flush it before and after.
 TEST_REDIS_URL = os.environ.get("LMINDEXER_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -18,7 +18,7 @@ TEST_REDIS_URL = os.environ.get("LMINDEXER_TEST_REDIS_URL", "redis://127.0.0.1:6
 @pytest.fixture(scope="session")
 def bundle_dir() -> Path:
     """The bundle the service tests serve (switch to the demo bundle here: one line)."""
-    return cached_tiny_bundle()
+    return service_test_bundle()
 
 
 def _redis_or_skip() -> redis.Redis:

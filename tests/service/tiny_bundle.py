@@ -231,3 +231,9 @@ def cached_tiny_bundle(cache_root: Path | None = None) -> Path:
             raise
     shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def service_test_bundle() -> Path:
+    """THE bundle every service test serves (unit and integration): switch it here, in one line,
+    e.g. to a demo bundle built once with `lmindexer build-demo --out DIR`."""
+    return cached_tiny_bundle()
