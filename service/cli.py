@@ -55,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: `lmindexer --help` stays fast
 
     from service.app import create_app
+    from service.components import default_store_path
+    from service.store import DocumentStore
 
     settings = build_settings(args)
     configure_logging(settings.log_level, use_json=settings.log_json)
-    load_manifest(settings.bundle_dir)  # fail fast, with a clear message, before uvicorn starts
+    # Fail fast, with a clear message and no traceback, before uvicorn starts.
+    manifest = load_manifest(settings.bundle_dir)
+    DocumentStore.check_belongs_to(settings.store_path or default_store_path(manifest), manifest.fingerprint)
     app = create_app(settings)
     # One worker per process: the models are loaded once; scale with replicas (docs/service.md).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,

@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+def _another_bundle(path: Path, stored: str, fingerprint: str) -> str:
+    return (f"{path} belongs to another bundle (fingerprint {stored}, this bundle {fingerprint}); its "
+            "semantic IDs would be wrong here. Point LMINDEXER_STORE_PATH at a new file (and re-index the "
+            "added documents), or serve the bundle it was made with")
+
+
 @dataclass(frozen=True)
 class StoredDocument:
     """A document added through /index-documents (or changed from the bundle's version)."""
@@ -80,10 +86,23 @@ class DocumentStore:
                               "index_version": str(index_version)})
         elif stored != bundle_fingerprint:
             self._db.close()
-            raise BundleError(
-                f"{self.path} belongs to another bundle (fingerprint {stored}, this bundle "
-                f"{bundle_fingerprint}); its semantic IDs would be wrong here. Point LMINDEXER_STORE_PATH "
-                "at a new file (and re-index the added documents), or serve the bundle it was made with")
+            raise BundleError(_another_bundle(self.path, stored, bundle_fingerprint))
+
+    @staticmethod
+    def check_belongs_to(path: Path, bundle_fingerprint: str) -> None:
+        """Raise BundleError when an existing store at ``path`` was made for another bundle."""
+        if not Path(path).is_file():
+            return
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key = 'bundle_fingerprint'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise BundleError(f"{path}: not a readable document store ({exc})") from None
+        if row is not None and row[0] != bundle_fingerprint:
+            raise BundleError(_another_bundle(Path(path), str(row[0]), bundle_fingerprint))
 
     def close(self) -> None:
         """Close the database (a checkpoint of the WAL happens on close)."""

@@ -42,6 +42,10 @@ def test_store_of_another_bundle_is_refused(tmp_path: Path) -> None:
     DocumentStore(tmp_path / "s.sqlite3", bundle_fingerprint="one", first_row=0, index_version=0).close()
     with pytest.raises(BundleError, match="another bundle"):
         DocumentStore(tmp_path / "s.sqlite3", bundle_fingerprint="two", first_row=0, index_version=0)
+    with pytest.raises(BundleError, match="another bundle"):  # the CLI's check before uvicorn starts
+        DocumentStore.check_belongs_to(tmp_path / "s.sqlite3", "two")
+    DocumentStore.check_belongs_to(tmp_path / "s.sqlite3", "one")
+    DocumentStore.check_belongs_to(tmp_path / "missing.sqlite3", "two")
 
 
 def _new(doc_id: str, text: str, codes: tuple[int, ...], alternatives: tuple[int, ...] = ()) -> NewDocument:
