@@ -64,7 +64,8 @@ def test_search_recommend_index_and_restart(bundle_dir: Path, tmp_path: Path, ma
         assert first.json()["cached"] is False
         again = client.post("/search", json={"query": "organic argan oil shampoo", "k": 5})
         assert again.json()["cached"] is True and again.json()["results"] == first.json()["results"]
-        recommended = client.post("/recommend", json={"history": ["D000003", "D000004"], "k": 5})
+        history = load_documents(load_manifest(bundle_dir)).doc_ids[3:5]  # any bundle's documents
+        recommended = client.post("/recommend", json={"history": history, "k": 5})
         assert recommended.status_code == 200 and len(recommended.json()["results"]) == 5
 
         before = client.get("/info").json()
