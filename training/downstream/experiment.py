@@ -259,7 +259,15 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
     doc_ids = [d.doc_id for d in documents]
     for split in splits:
         eval_set = task.eval_sets[split]
-        query_ids, texts = eval_set.query_ids, eval_set.texts
+        # A query whose judged documents all lack an ID (IDs learned on part of the corpus) can never be
+        # answered: it is left out, with a warning, rather than scored 0.
+        indexed = set(doc_ids)
+        keep = [i for i, q in enumerate(eval_set.query_ids)
+                if not eval_set.qrels[q] or any(d in indexed for d in eval_set.qrels[q])]
+        if len(keep) < len(eval_set.query_ids):
+            logger.warning("%s: %d of %d queries judge only documents without an ID; left out", split,
+                           len(eval_set.query_ids) - len(keep), len(eval_set.query_ids))
+        query_ids, texts = [eval_set.query_ids[i] for i in keep], [eval_set.texts[i] for i in keep]
         if limit and len(query_ids) > limit:
             chosen = sorted(random.Random(config.seed).sample(range(len(query_ids)), limit))
             query_ids, texts = [query_ids[i] for i in chosen], [texts[i] for i in chosen]
