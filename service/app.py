@@ -52,7 +52,8 @@ def _validation_details(exc: RequestValidationError) -> tuple[str, list[dict[str
     details = []
     for error in exc.errors():
         # Only loc/msg/type: `input` may be huge and `ctx` may hold exception objects.
-        details.append({"loc": [str(p) for p in error.get("loc", ())], "msg": str(error.get("msg", "")),
+        message = str(error.get("msg", "")).removeprefix("Value error, ")  # pydantic's prefix for our checks
+        details.append({"loc": [str(p) for p in error.get("loc", ())], "msg": message,
                         "type": str(error.get("type", ""))})
     if any(d["type"] == "json_invalid" for d in details):
         return "the request body is not valid JSON", details

@@ -12,7 +12,8 @@ from typing import Any
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # LogRecord attributes that are not "extra" fields.
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+    "message", "asctime", "color_message"}  # color_message: uvicorn's ANSI-coloured copy of msg
 
 
 class JsonFormatter(logging.Formatter):
