@@ -290,6 +290,7 @@ def render_report(inputs: ReportInputs) -> str:
             ),
         ],
         ["created", _fmt(run.get("created"))],
+        ["wall time (learn + IDs)", _wall_time(inputs.run_dir)],
     ]
     parts.append(_table(facts, ["", ""]))
 
@@ -384,6 +385,16 @@ def render_report(inputs: ReportInputs) -> str:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Semantic ID report</title>"
         f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
+
+
+def _wall_time(run_dir: Path) -> str:
+    """The total wall time learn-ids recorded in metrics.json, as text."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return "–"
+    with open(path, encoding="utf-8") as handle:
+        seconds = json.load(handle).get("wall_seconds", {}).get("total")
+    return f"{seconds:.1f} s" if isinstance(seconds, int | float) else "–"
 
 
 def _method_section(run_dir: Path) -> str:
