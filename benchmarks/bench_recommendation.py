@@ -17,9 +17,11 @@ fine-tuning. Work files go to --work; re-running resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 
@@ -39,6 +41,9 @@ def main() -> None:
     parser.add_argument("--finetune-preset", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="finetune setting overrides, e.g. --set steps=300")
+    parser.add_argument("--eval-users", type=int, default=0,
+                        help="Score a seeded sample of this many test users (0 = all); the baselines are scored "
+                             "on the same users.")
     parser.add_argument("--sasrec-seconds", type=float, default=300.0)
     parser.add_argument("--latency-queries", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
@@ -60,7 +65,7 @@ def main() -> None:
     started = time.perf_counter()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     config = load_config(FinetuneConfig, preset_path("finetune", args.finetune_preset),
-                         [*args.overrides, f"num_threads={args.threads}", "eval_max_queries=0"])
+                         [*args.overrides, f"num_threads={args.threads}", f"eval_max_queries={args.eval_users}"])
     dataset = beauty_subset(args.num_items, args.max_users) if args.num_items else load_amazon()
     task = beauty_task(dataset, max_history=config.max_history, train_examples=config.train_examples)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -68,6 +73,14 @@ def main() -> None:
                                     latency_queries=args.latency_queries, progress=False)
 
     data = RecData.from_dataset(dataset)
+    if args.eval_users and args.eval_users < data.num_users:
+        # The users evaluate_task scores (same seed, same order), so every model is scored on the same users;
+        # SASRec still trains on every user's training interactions.
+        chosen = sorted(random.Random(config.seed).sample(range(data.num_users), args.eval_users))
+        data = dataclasses.replace(
+            data, user_ids=tuple(data.user_ids[i] for i in chosen),
+            valid_histories=[data.valid_histories[i] for i in chosen], valid_targets=data.valid_targets[chosen],
+            test_histories=[data.test_histories[i] for i in chosen], test_targets=data.test_targets[chosen])
     popularity = run_popularity(data, PopularitySettings())
     sasrec = train_sasrec(data, build_config(SASRecSettings, {"time_budget_s": args.sasrec_seconds,
                                                                "num_threads": args.threads, "progress": False}))
@@ -76,7 +89,8 @@ def main() -> None:
         "preset": "cpu-reduced" if args.num_items or args.finetune_preset != "paper" else "paper",
         "reduced": {"catalogue": f"{len(dataset.items)} most popular items of 12,101, users filtered to them"
                                  if args.num_items else "full",
-                    "users": len(dataset.sequences), "learn_ids_preset": args.ids_preset,
+                    "users": len(dataset.sequences), "evaluated_test_users": args.eval_users or len(dataset.sequences),
+                    "learn_ids_preset": args.ids_preset,
                     "finetune_preset": args.finetune_preset, "finetune_steps": config.steps,
                     "why": "no GPU in this session; 2 shared CPU cores"},
         "metrics_test": {**{m: generative[m]["test"] for m in methods},
