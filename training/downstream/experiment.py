@@ -330,6 +330,10 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
         else:
             evaluation = evaluate_task(task, model_dir, splits=(split,), progress=progress)
         metrics = json.loads((ids_dir / "metrics.json").read_text())
+        # Timings from the stages' own records, so a resumed run reports what the work cost.
+        learn_seconds = float(metrics.get("wall_seconds", {}).get("total", learn_seconds))
+        finetune_record = json.loads((model_dir / FINETUNE_RECORD).read_text())
+        finetune_seconds = float(finetune_record["training"].get("train_seconds", finetune_seconds))
         results[method] = {
             "ids": {"preset": ids_preset, "overrides": list(ids_overrides.get(method, ())),
                     "num_levels": source.num_levels, "codebook_sizes": list(source.codebook_sizes),
@@ -339,6 +343,10 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
             "warm": evaluation[split]["warm"], "cold_start": evaluation[split]["cold"],
             "cold_start_queries": evaluation[split]["cold_queries"], "cold_start_assignment": evaluation["cold_start"],
             "only_valid_ids": evaluation[split]["valid_ids"],
+            "finetune_steps": finetune_record["training"]["steps"],
+            "finetune_examples": finetune_record["training"]["examples"],
+            "finetune_loss_first_last20": [finetune_record["training"]["losses"][0],
+                                           float(np.mean(finetune_record["training"]["losses"][-20:]))],
             "seconds": {"learn_ids": round(learn_seconds, 1), "finetune": round(finetune_seconds, 1),
                         "evaluate_per_query": evaluation[split]["seconds_per_query"]},
         }
