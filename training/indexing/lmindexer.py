@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -90,6 +91,9 @@ class LMIndexerConfig:
     decoder_heads: int = field(default=6, metadata={"help": "Attention heads of the ID decoder."})
     decoder_ff_size: int = field(default=1024, metadata={"help": "Feed-forward width of the ID decoder."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout of the ID decoder and reconstructor."})
+    decoder_init: Literal["random", "mean_pool"] = field(default="mean_pool", metadata={
+        "help": "'mean_pool': start the ID decoder as (layer-normalised) mean pooling of the encoder states, "
+                "the sentence embedding the encoder was trained for; 'random': the network's own init."})
     max_length: int = field(default=128, metadata={"help": "Tokens per document (special tokens included)."})
     train_encoder_layers: int = field(default=-1, metadata={
         "help": "-1: train the whole encoder; 0: freeze it (its states are cached); n: train the top n layers."})
@@ -116,10 +120,12 @@ class LMIndexerConfig:
     group_size: int = field(default=5, metadata={
         "help": "Levels >= 1: documents sharing a prefix packed together (anchor + 4 negatives officially)."})
     # -- schedule
-    warmup_epochs: int = field(default=30, metadata={"help": "Reconstructor warm-up epochs (level 0)."})
-    nocode_epochs: tuple[int, ...] = field(default=(30, 30), metadata={
+    warmup_epochs: float = field(default=30, metadata={
+        "help": "Reconstructor warm-up epochs (level 0). Fractions are allowed: 2.5 = 3 passes over 5/6 "
+                "of the documents each (a fresh sample every pass)."})
+    nocode_epochs: tuple[float, ...] = field(default=(30, 30), metadata={
         "help": "Per level, epochs of continuous training (last value serves deeper levels)."})
-    full_epochs: tuple[int, ...] = field(default=(30, 30), metadata={
+    full_epochs: tuple[float, ...] = field(default=(30, 30), metadata={
         "help": "Per level, epochs of quantised training (last value serves deeper levels)."})
     train_fraction: float = field(default=1.0, metadata={
         "help": "Fraction of the documents (a fresh sample each epoch) seen per training epoch."})
@@ -380,6 +386,34 @@ def fast_decode(network: SemanticIdNetwork, encoder_states: torch.Tensor, attent
     return network.final_norm(x)
 
 
+@torch.no_grad()
+def init_decoder_as_mean_pool(network: SemanticIdNetwork) -> None:
+    """Make the untrained ID decoder compute LN(mean of the encoder states) at every position.
+
+    A random decoder turns the encoder's states into a random pooling, and the first stages then
+    start from a representation worse than the encoder's own sentence embedding (mean pooling for
+    all-MiniLM-L6-v2). With zero queries every cross-attention weight is uniform over the real
+    tokens; identity value / output projections pass the mean through; the self-attention and
+    feed-forward outputs start at zero (their residual branches are off until training opens them),
+    and the start / position vectors start at zero. Training moves away from this point.
+    """
+    d = network.hidden_size
+    eye = torch.eye(d)
+    network.start.zero_()
+    network.position.weight.zero_()
+    for layer in network.layers:
+        layer.cross_q.weight.zero_()
+        layer.cross_q.bias.zero_()
+        layer.cross_kv.weight[d:].copy_(eye)
+        layer.cross_kv.bias[d:].zero_()
+        layer.cross_out.weight.copy_(eye)
+        layer.cross_out.bias.zero_()
+        layer.self_out.weight.zero_()
+        layer.self_out.bias.zero_()
+        layer.ff[-1].weight.zero_()
+        layer.ff[-1].bias.zero_()
+
+
 # --------------------------------------------------------------------------------------------------
 # the model trained by every stage
 
@@ -420,6 +454,8 @@ class LMIndexer:
             encoder=config.encoder, num_levels=config.num_levels, codebook_size=config.codebook_size,
             counter_size=config.counter_size, decoder_layers=config.decoder_layers,
             decoder_heads=config.decoder_heads, decoder_ff_size=config.decoder_ff_size, dropout=config.dropout))
+        if config.decoder_init == "mean_pool":
+            init_decoder_as_mean_pool(network)
         self.runner = EncoderRunner(network, config)
         d = network.hidden_size
         reconstructor = Reconstructor(d, len(self.corpus.vocab_ids), num_layers=config.reconstructor_layers,
@@ -525,14 +561,17 @@ class LMIndexer:
     # ----------------------------------------------------------------------------------------------
     # batches
 
-    def batches(self, epoch: int, level: int, stage_seed: int) -> list[list[int]]:
-        """Document rows per step for `epoch`: shuffled; from level 1 on, packed by shared prefix."""
+    def batches(self, epoch: int, level: int, stage_seed: int, fraction: float = 1.0) -> list[list[int]]:
+        """Document rows per step for `epoch`: shuffled; from level 1 on, packed by shared prefix.
+
+        A random `fraction * train_fraction` of the documents takes part (fresh each epoch)."""
         config = self.config
         rng = np.random.default_rng([config.seed, stage_seed, epoch])
         n = len(self.corpus)
         rows = rng.permutation(n)
-        if config.train_fraction < 1.0:
-            rows = rows[: max(config.batch_size, round(n * config.train_fraction))]
+        keep = fraction * config.train_fraction
+        if keep < 1.0:
+            rows = rows[: min(n, max(config.batch_size, round(n * keep)))]
         if level == 0:
             return [rows[i : i + config.batch_size].tolist() for i in range(0, len(rows), config.batch_size)]
         # Same-prefix packing: sort the shuffled rows by prefix (stable, so the order inside a prefix
@@ -625,11 +664,13 @@ class LMIndexer:
         encoder = {id(p) for p in self.network.encoder.parameters()}
         return [p for p in self.network.parameters() if id(p) not in skip and id(p) not in encoder]
 
-    def run_stage(self, spec: StageSpec, epochs: int) -> dict[str, Any]:
-        """Train one stage; returns its record (history, dev figures, seconds)."""
+    def run_stage(self, spec: StageSpec, epochs: float) -> dict[str, Any]:
+        """Train one stage for `epochs` (possibly fractional) epochs; returns its record."""
         name = f"level{spec.level}-{spec.kind}"
         if epochs <= 0:
             return {"stage": name, "epochs": 0}
+        passes = math.ceil(epochs)
+        fraction = epochs / passes
         config = self.config
         reconstructor = list(self.model.reconstructor.parameters())
         if spec.kind == "warmup":
@@ -644,14 +685,14 @@ class LMIndexer:
             keep = torch.zeros(config.num_levels, 1, 1, device=self.device)
             keep[spec.level] = 1.0  # only E^level learns; earlier codebooks stay what the codes were
             hook = self.network.codebooks.register_hook(lambda grad: grad * keep)
-        trainer = self._trainer(name, groups, epochs)
+        trainer = self._trainer(name, groups, passes)
         stage_seed = {"warmup": 1, "nocode": 2, "full": 3}[spec.kind] + 10 * spec.level
         evaluate = None
         if self.dev_rows:
             def evaluate() -> float:
                 return self.dev_reconstruction(spec)["dev_recon_loss"]
         started = time.perf_counter()
-        result = trainer.fit(lambda epoch: self.batches(epoch, spec.level, stage_seed),
+        result = trainer.fit(lambda epoch: self.batches(epoch, spec.level, stage_seed, fraction),
                              lambda rows: self.step(rows, spec), evaluate, batch_size_of=len)
         if hook is not None:
             hook.remove()
