@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -122,6 +123,10 @@ class Components:
                         models=list(searchers))
         ranker.start()
         await writer.start()
+        # Everything loaded so far lives as long as the process: keep it out of every later GC pass
+        # (a full collection over a large bundle's objects is a latency spike).
+        gc.collect()
+        gc.freeze()
         logger.info("serving bundle %s (fingerprint %s): %d documents, index version %d, providers %s, "
                     "redis %s, store %s", manifest.directory, manifest.fingerprint, len(index.snapshot),
                     index.snapshot.version, providers,
