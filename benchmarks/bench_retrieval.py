@@ -36,6 +36,10 @@ def main() -> None:
     parser.add_argument("--finetune-preset", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="finetune setting overrides, e.g. --set steps=300")
+    parser.add_argument("--baselines", default="bm25,dense", help="Baselines run here (comma-separated).")
+    parser.add_argument("--dense-results", type=Path, default=RESULTS / "dense_cranfield.json",
+                        help="When dense is not run here: the foundation's dense benchmark JSON, whose test-split "
+                             "figures are reused (dense retrieval has no training: it is deterministic).")
     parser.add_argument("--latency-queries", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -60,10 +64,15 @@ def main() -> None:
     generative = compare_id_methods(task, args.work, methods, args.ids_preset, {}, config, split="test",
                                     latency_queries=args.latency_queries, progress=False)
     baselines = {}
+    baseline_sources = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for method in ("bm25", "dense"):
+        for method in [b.strip() for b in args.baselines.split(",") if b.strip()]:
             report = run_retrieval_baseline(method, scratch, split="test", data_dir=data_dir)
             baselines[method] = report["metrics"]
+            baseline_sources[method] = "this run"
+    if "dense" not in baselines and args.dense_results.is_file():
+        baselines["dense"] = json.loads(args.dense_results.read_text())["results"]["test"]["metrics"]
+        baseline_sources["dense"] = f"{args.dense_results.name} (test split; deterministic, not re-run here)"
     metrics = ("ndcg@10", "recall@10", "mrr@10")
     report = {
         "benchmark": "cranfield retrieval, fixed test split (75 queries, seed 20240721)",
@@ -72,6 +81,7 @@ def main() -> None:
                     "finetune_steps": config.steps, "why": "no GPU in this session; 2 shared CPU cores"},
         "metrics_test": {**{m: generative[m]["test"] for m in methods},
                          **{b: {k: baselines[b][k] for k in metrics} for b in baselines}},
+        "baseline_sources": baseline_sources,
         "cold_start_test": {m: {"figures": generative[m]["cold_start"], "queries": generative[m]["cold_start_queries"],
                                 "assignment": generative[m]["cold_start_assignment"]} for m in methods},
         "warm_test": {m: generative[m]["warm"] for m in methods},
