@@ -55,7 +55,7 @@ KMEANS_SIZES = (50, 256, 512)
 
 
 def lmindexer_runs(preset: str) -> dict[str, tuple[str, str, list[str], str]]:
-    """The LMIndexer runs: K=256 for the equal-size table, and the preset's own K."""
+    """The LMIndexer runs: K=256 for the equal-size table, and K=512 (the method default) for the other."""
     return {
         "lmindexer_k256": ("lmindexer", preset, ["codebook_size=256"], "equal_256"),
         # K = 512, the method's default for ~10k documents (the cpu/quick presets use smaller K).
