@@ -103,3 +103,18 @@ def test_decoder_step_exports_to_onnx_with_parity(network, batch, tmp_path) -> N
             want = step(states, attention_mask, prefixes, torch.tensor(level)).numpy()
             size = (16, 16, 4)[level]
             assert np.abs(got[..., :size] - want[..., :size]).max() < 1e-4
+
+
+@torch.no_grad()
+def test_one_layer_decoder_step_equals_teacher_forcing(batch) -> None:
+    # The last layer runs at the predicted position only; with one layer that is the whole decoder.
+    torch.manual_seed(3)
+    network = SemanticIdNetwork(NetworkConfig(num_levels=3, codebook_size=8, counter_size=5,
+                                              decoder_layers=1)).eval()
+    input_ids, attention_mask, _ = batch
+    codes = torch.tensor([[1, 2, 3, 0], [7, 0, 5, 4], [0, 0, 0, 1]])
+    logits = network(input_ids, attention_mask, codes)
+    states = network.encode(input_ids, attention_mask)
+    for level, size in enumerate((8, 8, 8, 5)):
+        step = network.decoder_step(states, attention_mask, codes[:, None, :3], torch.tensor(level))
+        torch.testing.assert_close(step[:, 0, :size], logits[level].log_softmax(-1), atol=1e-5, rtol=1e-5)

@@ -118,6 +118,28 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.ff(self.ff_norm(x)))
         return x.reshape(b, w, p, d)
 
+    def forward_at(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                   position: torch.Tensor) -> torch.Tensor:
+        """The output of `forward` at one position only: x (B, W, P, d), position int64 () -> (B, W, d).
+
+        Equal to `forward(...)[:, :, position]`, but the self-attention query, the cross-attention and
+        the feed-forward run on one row per beam instead of P: the exported decoder step needs only
+        the state of the level it predicts, and those are most of a layer's work.
+        """
+        b, w, p, d = x.shape
+        flat = x.reshape(b * w, p, d)
+        q, k, v = self.self_qkv(self.self_norm(flat)).chunk(3, dim=-1)  # (B*W, P, d) each
+        index = position.reshape(1, 1, 1).expand(b * w, 1, d)
+        row = flat.gather(1, index)  # (B*W, 1, d)
+        visible = (torch.arange(p, device=x.device) <= position).view(1, 1, 1, p)  # causal, one row
+        attended = _attention(q.gather(1, index), k, v, visible, self.num_heads)  # (B*W, 1, d)
+        row = (row + self.dropout(self.self_out(attended))).reshape(b, w, d)
+        query = self.cross_q(self.cross_norm(row))  # (B, W, d)
+        k, v = self.cross_kv(memory).chunk(2, dim=-1)  # (B, S, d) each
+        attended = _attention(query, k, v, memory_mask.view(b, 1, 1, -1), self.num_heads)
+        row = row + self.dropout(self.cross_out(attended))
+        return row + self.dropout(self.ff(self.ff_norm(row)))  # (B, W, d)
+
 
 class SemanticIdNetwork(nn.Module):
     """Encoder + ID decoder + per-level codebooks + counter head (shapes in the module docstring)."""
@@ -141,6 +163,8 @@ class SemanticIdNetwork(nn.Module):
             DecoderLayer(d, config.decoder_heads, config.decoder_ff_size, config.dropout)
             for _ in range(config.decoder_layers)
         )
+        if config.decoder_layers < 1:
+            raise ValueError("decoder_layers must be >= 1")
         self.final_norm = nn.LayerNorm(d)
         # (L, K, d): E^t for every learned level. Replaced by k-means centroids during indexing.
         self.codebooks = nn.Parameter(torch.randn(config.num_levels, config.codebook_size, d) / math.sqrt(d))
@@ -206,17 +230,23 @@ class SemanticIdNetwork(nn.Module):
         codes[..., :level] only, so the unread columns may hold anything.
         """
         config = self.config
-        hidden = self.decode(encoder_states, attention_mask, self.embed_codes(codes))  # (B, W, L+1, d)
-        b, w, _, d = hidden.shape
-        index = level.reshape(1, 1, 1, 1).expand(b, w, 1, d)
-        state = hidden.gather(2, index).squeeze(2)  # (B, W, d)
+        code_vectors = self.embed_codes(codes)  # (B, W, L, d)
+        b, w, t, d = code_vectors.shape
+        start = self.start.view(1, 1, 1, d).expand(b, w, 1, d)
+        x = torch.cat([start, code_vectors], dim=2) + self.position.weight[: t + 1].view(1, 1, t + 1, d)
+        memory_mask = attention_mask.bool()
+        # Every layer but the last runs on all positions (the last layer's keys need them); the last
+        # layer runs at position `level` only. Same numbers as decode(...)[:, :, level].
+        for layer in self.layers[:-1]:
+            x = layer(x, encoder_states, memory_mask)
+        state = self.final_norm(self.layers[-1].forward_at(x, encoder_states, memory_mask, level))  # (B, W, d)
         width = max(config.codebook_sizes)
         heads = torch.cat([
             nn.functional.pad(self.codebooks, (0, 0, 0, width - config.codebook_size)),
             nn.functional.pad(self.counter_head, (0, 0, 0, width - config.counter_size)).unsqueeze(0),
         ])  # (L+1, V, d)
-        sizes = torch.tensor(config.codebook_sizes, device=hidden.device)  # (L+1,)
-        valid = torch.arange(width, device=hidden.device).unsqueeze(0) < sizes.unsqueeze(1)  # (L+1, V)
+        sizes = torch.tensor(config.codebook_sizes, device=state.device)  # (L+1,)
+        valid = torch.arange(width, device=state.device).unsqueeze(0) < sizes.unsqueeze(1)  # (L+1, V)
         head = heads.index_select(0, level.reshape(1)).squeeze(0)  # (V, d)
         logits = state @ head.T  # (B, W, V)
         padding = valid.index_select(0, level.reshape(1)).view(1, 1, width)
