@@ -50,6 +50,8 @@ def test_report_has_every_plot_and_the_label_figures(run_dir, capsys):
     # The per-level table shows the same AMI that learn-ids measured.
     assert f"{metrics['levels'][0]['ami']:.3f}" in page
     assert f"{run['num_documents']:,} documents" in page
+    # The method's own figures (HC: its leaves) are in the report too.
+    assert "<h2>Method diagnostics</h2>" in page and "<td>leaves</td>" in page
 
 
 def test_report_with_another_label_field_and_explicit_corpus(run_dir, tmp_path):

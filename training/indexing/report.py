@@ -398,25 +398,35 @@ def _wall_time(run_dir: Path) -> str:
 
 
 def _method_section(run_dir: Path) -> str:
-    """The method's own scalar figures from metrics.json (losses, accuracies), as a table."""
+    """The method's own figures from metrics.json: scalars as one table, lists of records (e.g. the
+    per-level reconstruction accuracy, the training stages) as one table each. Loss histories stay out."""
     path = run_dir / "metrics.json"
     if not path.is_file():
         return ""
     with open(path, encoding="utf-8") as handle:
         method = json.load(handle).get("method", {})
-    rows = []
+    scalars: list[list[str]] = []
+    tables: list[str] = []
+
+    def is_scalar(value: Any) -> bool:
+        return value is None or isinstance(value, int | float | str | bool)
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):
             for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+                if key != "history":
+                    walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            columns = [k for k in dict.fromkeys(k for v in value for k in v) if all(is_scalar(v.get(k)) for v in value)]
+            rows = [[_fmt(v.get(c)) for c in columns] for v in value[:64]]
+            tables.append(f"<h3>{html.escape(prefix)}</h3>" + _table(rows, columns))
         elif isinstance(value, list) and len(value) <= 8 and all(isinstance(v, int | float) for v in value):
-            rows.append([html.escape(prefix), ", ".join(_fmt(v) for v in value)])
-        elif isinstance(value, int | float | str | bool):
-            rows.append([html.escape(prefix), _fmt(value)])
+            scalars.append([html.escape(prefix), ", ".join(_fmt(v) for v in value)])
+        elif is_scalar(value):
+            scalars.append([html.escape(prefix), _fmt(value)])
 
-    walk("", {k: v for k, v in method.items() if k != "history"})
-    return _table(rows, ["figure", "value"]) if rows else ""
+    walk("", method)
+    return (_table(scalars, ["figure", "value"]) if scalars else "") + "".join(tables)
 
 
 def write_report(
