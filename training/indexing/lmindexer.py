@@ -551,7 +551,10 @@ class LMIndexer:
             figures["contrast"] = contrast.detach()
         if spec.commitment and level > 0:
             earlier = torch.as_tensor(self.codes[list(rows), :level], device=self.device)
-            logits_list = [self.network.level_logits(hidden[:, j], j) for j in range(level)]
+            # h . e / tau: the logits are ~|h||e| cos ~ 400 cos, so an unscaled CE is a cliff whose
+            # gradient swamps the other losses after clipping (the official code scales T5's logits
+            # by d^-0.5 for the same reason). The argmax, which is what must not move, is unchanged.
+            logits_list = [self.network.level_logits(hidden[:, j], j) / config.tau for j in range(level)]
             commit = commitment_loss(logits_list, earlier)
             loss = loss + config.commitment_weight * commit
             figures["commit"] = commit.detach()
@@ -703,6 +706,13 @@ class LMIndexer:
         logger.info("%s done: %s", name, {k: v for k, v in record.items() if k != "history"})
         return record
 
+    def _stage_finished(self, name: str) -> bool:
+        """True when the stage's checkpoint exists and is marked done (a resumed run skips it)."""
+        path = self.checkpoint_dir / f"{name}.pt"
+        if not path.is_file():
+            return False
+        return bool(torch.load(path, map_location="cpu", weights_only=False).get("done"))
+
     def init_codebook(self, level: int) -> dict[str, Any]:
         """k-means on h^level of all documents -> E^level (see the module docstring, step 3)."""
         from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -762,13 +772,20 @@ class LMIndexer:
             level_record: dict[str, Any] = {"level": level, "hint_mask_prob": p}
             nocode = StageSpec(level, "nocode", p, True, level > 0)
             self.diagnostics["stages"].append(self.run_stage(nocode, config.per_level(config.nocode_epochs, level)))
-            level_record.update(self.init_codebook(level))
             full = StageSpec(level, "full", p, True, level > 0)
+            if self._stage_finished(f"level{level}-full"):
+                level_record["kmeans"] = "skipped: the full stage's checkpoint is complete and holds the codebook"
+            else:
+                level_record.update(self.init_codebook(level))
             self.diagnostics["stages"].append(self.run_stage(full, config.per_level(config.full_epochs, level)))
             self.codes[:, level] = self.assign(level)
             level_record.update(self._level_figures(level, full))
             self.diagnostics["levels"].append(level_record)
             logger.info("level %d: %s", level, level_record)
+        # Does the final network still predict every level's assigned codes (teacher-forced)? It is what
+        # assigns IDs to new documents and what fine-tuning starts from.
+        for level, record in enumerate(self.diagnostics["levels"]):
+            record["final_network_agreement"] = float((self.assign(level) == self.codes[:, level]).mean())
         self.diagnostics["seconds"] = round(time.perf_counter() - started, 2)
         return self.diagnostics
 
