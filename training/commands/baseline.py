@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="BM25 only: a PyStemmer language (e.g. english). Default: no stemming.")
     recommendation = parser.add_argument_group("beauty options")
     recommendation.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                                help="A setting of the recommendation baseline (repeatable), e.g. epochs=50.")
+                                help="A setting of the recommendation baseline (repeatable), e.g. max_epochs=50.")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
