@@ -140,6 +140,9 @@ class LMIndexerConfig:
         "help": "scikit-learn KMeans or MiniBatchKMeans for the codebook initialisation."})
     kmeans_n_init: int = field(default=3, metadata={"help": "k-means restarts."})
     kmeans_max_iter: int = field(default=300, metadata={"help": "k-means iterations."})
+    residual_kmeans: bool = field(default=True, metadata={
+        "help": "Levels >= 2: k-means on the within-prefix residuals of h, codebook orthogonal to the "
+                "earlier codebooks (else k-means on h itself, as the official code)."})
     kmeans_normalize: bool = field(default=True, metadata={
         "help": "Cluster unit-length h and give all centroids the mean |h| (argmax-dot = cosine k-means)."})
     # -- run
@@ -722,6 +725,21 @@ class LMIndexer:
         hidden = self.hidden_states(level)
         norms = np.linalg.norm(hidden, axis=1)
         data = hidden / np.maximum(norms[:, None], 1e-12) if config.kmeans_normalize else hidden
+        basis = None
+        if level > 0 and config.residual_kmeans:
+            # Within-prefix residuals: what tells siblings apart. h^t starts close to h^{t-1} (the
+            # prefix code dominates it), so k-means on h^t itself re-finds the previous partition.
+            groups = np.unique(self.codes[:, :level], axis=0, return_inverse=True)[1].reshape(-1)
+            means = np.zeros((groups.max() + 1, data.shape[1]))
+            np.add.at(means, groups, data)
+            means /= np.bincount(groups)[:, None]
+            data = data - means[groups]
+            # Codes are argmax h . e: keep e orthogonal to the earlier codebooks (when they do not
+            # span the space) so the part of h^t shared by the whole prefix does not pick the code.
+            earlier = self.network.codebooks.data[:level].reshape(-1, data.shape[1]).double().cpu().numpy()
+            if earlier.shape[0] < data.shape[1]:
+                basis = np.linalg.qr(earlier.T)[0]  # (d, r) orthonormal
+                data = data - (data @ basis) @ basis.T
         k = min(config.codebook_size, len(data))
         if config.kmeans == "minibatch":
             km = MiniBatchKMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
@@ -730,7 +748,10 @@ class LMIndexer:
             km = KMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
                         random_state=config.seed)
         km.fit(data.astype(np.float64))
-        centroids = km.cluster_centers_.astype(np.float32)
+        centroids = km.cluster_centers_
+        if basis is not None:
+            centroids = centroids - (centroids @ basis) @ basis.T
+        centroids = centroids.astype(np.float32)
         if config.kmeans_normalize:
             centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
             centroids = centroids * float(norms.mean())
