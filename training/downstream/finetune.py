@@ -100,7 +100,10 @@ def build_network(source: IdSource, config: FinetuneConfig) -> SemanticIdNetwork
     LMIndexer IDs: the indexer's saved network (counter head grown to the ID table if needed).
     Other IDs: the pretrained encoder with a fresh decoder, codebooks and counter head sized to them.
     """
-    counter_size = max(source.table.counter_size, config.min_counter_size)
+    # Headroom above the largest collision group: documents indexed later (cold start, the service's
+    # /index-documents) take the next free counter of their prefix, and a big group must not be full.
+    table = source.table.counter_size
+    counter_size = max(table + max(16, table // 2), config.min_counter_size)
     if source.network_dir is not None:
         saved = json.loads((source.network_dir / "network.json").read_text())["network"]
         if saved["num_levels"] != source.num_levels or saved["codebook_size"] < source.codebook_size:
