@@ -81,7 +81,7 @@ def test_fresh_network_is_sized_to_the_id_table(tmp_path: Path) -> None:
     assert source.network_dir is None and source.codebook_size == 7 and source.num_levels == 2
     config = build_config(FinetuneConfig, {"min_counter_size": 3, "decoder_layers": 1})
     network = build_network(source, config)
-    assert network.config.codebook_sizes == (7, 7, 3)
+    assert network.config.codebook_sizes == (7, 7, 2 + 16)  # the largest group (2) + headroom for new documents
 
 
 def test_lmindexer_ids_initialise_from_the_saved_indexer(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_lmindexer_ids_initialise_from_the_saved_indexer(tmp_path: Path) -> None
     write_ids_jsonl(tmp_path / "ids.jsonl", list("abcd"), codes)
     (tmp_path / "run.json").write_text(json.dumps({"method": "lmindexer", "codebook_sizes": [8, 8]}))
     network = build_network(load_id_source(tmp_path), build_config(FinetuneConfig, {"min_counter_size": 3}))
-    assert network.config.counter_size == 3
+    assert network.config.counter_size == 3 + 16  # the table's 3 + headroom; the saved head's 2 rows kept
     torch.testing.assert_close(network.codebooks, indexer.codebooks)
     torch.testing.assert_close(network.counter_head[:2], indexer.counter_head)
 
