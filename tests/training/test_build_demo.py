@@ -39,7 +39,9 @@ def test_the_subset_keeps_popular_items_and_users_with_three_of_them() -> None:
 def test_build_demo_writes_a_working_bundle(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     status = main(["build-demo", "--out", str(out), "--preset", "tiny", "--no-progress",
-                   "--set", "ids_method=\"hc\"", "--set", "num_items=40", "--set", "max_users=60",
+                   # HC IDs keep this test quick; the preset's LMIndexer-only overrides do not apply to them.
+                   "--set", "ids_method=\"hc\"", "--set", "ids_overrides=[]",
+                   "--set", "num_items=40", "--set", "max_users=60",
                    "--set", "parity_inputs=10", "--set", "eval_queries=5",
                    "--set", "retriever_overrides=[\"steps=4\"]", "--set", "recommender_overrides=[\"steps=4\"]"])
     assert status == 0
