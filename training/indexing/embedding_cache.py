@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,22 @@ import numpy as np
 from training.encoder import DEFAULT_ENCODER, embed_texts, resolve_encoder_path
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """How the embedding-based indexers (rq-VAE, HC) embed documents; their configs extend it."""
+
+    encoder: str = field(
+        default=DEFAULT_ENCODER, metadata={"help": "Encoder: the default or a local HF folder."}
+    )
+    max_length: int = field(default=256, metadata={"help": "Encoder input length in tokens."})
+    embed_batch_size: int = field(default=64, metadata={"help": "Batch size for embedding documents."})
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, d) float32 normalised embeddings of `texts`, from the cache when present."""
+        return document_embeddings(texts, encoder=self.encoder, max_length=self.max_length,
+                                   batch_size=self.embed_batch_size)
 
 
 def cache_dir() -> Path | None:

@@ -36,6 +36,7 @@ import numpy as np
 
 from training.config import config_to_dict
 from training.errors import ConfigError
+from training.indexing.embedding_cache import EmbeddingSettings
 from training.indexing.learning import LearnedCodes
 
 if TYPE_CHECKING:
@@ -45,14 +46,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class HCConfig:
+class HCConfig(EmbeddingSettings):
     """Settings of the hierarchical k-means indexer."""
 
-    encoder: str = field(
-        default="all-MiniLM-L6-v2", metadata={"help": "Encoder: the default or a local HF folder."}
-    )
-    max_length: int = field(default=256, metadata={"help": "Encoder input length in tokens."})
-    embed_batch_size: int = field(default=64, metadata={"help": "Batch size for embedding documents."})
     children: int = field(default=50, metadata={"help": "Children of every split node (balance factor)."})
     first_children: int = field(default=0, metadata={"help": "Children of the root; 0 = `children`."})
     leaf_size: int = field(default=512, metadata={"help": "A node with fewer documents than this is a leaf."})
@@ -166,15 +162,8 @@ def learn_hc_codes(documents: list[Document], config: HCConfig, out_dir: Path) -
     """Embed the documents, build the tree, write the centroids; codes padded with 0 (see above)."""
     from safetensors.numpy import save_file
 
-    from training.indexing.embedding_cache import document_embeddings
-
     started = time.perf_counter()
-    embeddings = document_embeddings(
-        [d.text for d in documents],
-        encoder=config.encoder,
-        max_length=config.max_length,
-        batch_size=config.embed_batch_size,
-    )
+    embeddings = config.embed([d.text for d in documents])
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     paths, centroids, nodes = hierarchical_kmeans(embeddings, config)

@@ -38,6 +38,7 @@ from torch import nn
 
 from training.config import config_to_dict
 from training.errors import ConfigError
+from training.indexing.embedding_cache import EmbeddingSettings
 from training.indexing.learning import LearnedCodes
 
 if TYPE_CHECKING:
@@ -47,14 +48,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RQVAEConfig:
+class RQVAEConfig(EmbeddingSettings):
     """Settings of the rq-VAE indexer."""
 
-    encoder: str = field(
-        default="all-MiniLM-L6-v2", metadata={"help": "Encoder: the default or a local HF folder."}
-    )
-    max_length: int = field(default=256, metadata={"help": "Encoder input length in tokens."})
-    embed_batch_size: int = field(default=64, metadata={"help": "Batch size for embedding documents."})
     num_levels: int = field(default=3, metadata={"help": "Residual levels L (learned ID levels)."})
     codebook_size: int = field(default=256, metadata={"help": "Codes per level K."})
     hidden_dims: tuple[int, ...] = field(default=(512, 256, 128), metadata={"help": "Encoder MLP widths."})
@@ -329,15 +325,8 @@ def learn_rqvae_codes(documents: list[Document], config: RQVAEConfig, out_dir: P
     """Embed the documents, train the rq-VAE, write its checkpoint and return its codes (N, L)."""
     from safetensors.torch import save_file
 
-    from training.indexing.embedding_cache import document_embeddings
-
     started = time.perf_counter()
-    embeddings = document_embeddings(
-        [d.text for d in documents],
-        encoder=config.encoder,
-        max_length=config.max_length,
-        batch_size=config.embed_batch_size,
-    )
+    embeddings = config.embed([d.text for d in documents])
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     model, log = train_rqvae(embeddings, config)
