@@ -26,14 +26,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ranx_crosscheck import ranx_figures  # noqa: E402  (benchmarks/, the script's folder)
+
 from training.baselines.retrieval import run_retrieval_baseline  # noqa: E402
-from training.data.trec import read_qrels, read_run  # noqa: E402
 
 logger = logging.getLogger("bench_bm25")
 
 # shared/data/README.md: all 225 queries, title + text, bm25s with English stop words, ranx.
 REFERENCE = {"ndcg@10": 0.352, "recall@10": 0.389, "mrr@10": 0.508}
-RANX_NAMES = {"ndcg@10": "ndcg@10", "recall@10": "recall@10", "mrr@10": "mrr@10", "map@10": "map@10"}
+METRICS = ("ndcg@10", "recall@10", "mrr@10", "map@10")
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "stemmer_english": {"stemmer": "english"},
@@ -48,18 +49,6 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
             "bm25s": bm25s.__version__}
-
-
-def ranx_figures(out_dir: Path, report: dict[str, Any]) -> dict[str, float]:
-    """The written run rescored by ranx against the written qrels (gain 0 pairs dropped: ranx
-    counts a judgment as relevant from 1 up)."""
-    import ranx
-
-    qrels = {q: {d: g for d, g in judged.items() if g > 0}
-             for q, judged in read_qrels(out_dir / report["files"]["qrels"]).items()}
-    run = read_run(out_dir / report["files"]["run"])
-    scores = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), list(RANX_NAMES.values()), make_comparable=True)
-    return {name: float(scores[ranx_name]) for name, ranx_name in RANX_NAMES.items()}
 
 
 def main() -> int:
@@ -78,7 +67,7 @@ def main() -> int:
                 entry = {"metrics": report["metrics"], "num_queries": report["num_queries"],
                          "settings": report["settings"], "wall_time_seconds": report["wall_time_seconds"]}
                 if not args.no_ranx:
-                    entry["ranx_metrics"] = ranx_figures(out_dir, report)
+                    entry["ranx_metrics"] = ranx_figures(out_dir, report, METRICS)
                 results.setdefault(variant, {})[split] = entry
     headline = results["default"]["all"]["metrics"]
     document = {

@@ -26,8 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ranx_crosscheck import ranx_figures  # noqa: E402  (benchmarks/, the script's folder)
+
 from training.baselines.retrieval import run_retrieval_baseline  # noqa: E402
-from training.data.trec import read_qrels, read_run  # noqa: E402
 
 logger = logging.getLogger("bench_dense")
 
@@ -47,17 +48,6 @@ def machine() -> dict[str, Any]:
             "transformers": transformers.__version__, "cuda": torch.cuda.is_available()}
 
 
-def ranx_figures(out_dir: Path, report: dict[str, Any]) -> dict[str, float]:
-    """The written run rescored by ranx (gain-0 judgments dropped: ranx's relevance starts at 1)."""
-    import ranx
-
-    qrels = {q: {d: g for d, g in judged.items() if g > 0}
-             for q, judged in read_qrels(out_dir / report["files"]["qrels"]).items()}
-    run = read_run(out_dir / report["files"]["run"])
-    scores = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), list(METRICS), make_comparable=True)
-    return {name: float(scores[name]) for name in METRICS}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dense_cranfield.json")
@@ -72,7 +62,7 @@ def main() -> int:
             entry = {"metrics": report["metrics"], "num_queries": report["num_queries"],
                      "settings": report["settings"], "wall_time_seconds": report["wall_time_seconds"]}
             if not args.no_ranx:
-                entry["ranx_metrics"] = ranx_figures(Path(work), report)
+                entry["ranx_metrics"] = ranx_figures(Path(work), report, METRICS)
             results[split] = entry
     headline = results["all"]["metrics"]
     document = {
