@@ -249,12 +249,15 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     For cost only: the graphs are exactly what `lmindexer export` writes (training's
     SemanticIdNetwork through training.downstream.export.export_onnx), so the per-request work is the
     real one; the answers are meaningless. The 12,101 Beauty items get random unique IDs (K=256 so
-    the same models also fit the 1M-ID trie variant).
+    the same models also fit the 1M-ID trie variant). The indexer also gets its int8 encoder, by the
+    export's own helper, so /index-documents runs the service's default path; its agreement with
+    fp32 is measured and recorded but not required (the untrained decoder's codes mean nothing).
     """
     import torch
 
     from tests.service.tiny_bundle import tokenizer_path
-    from training.downstream.export import export_onnx
+    from training.downstream.export import export_onnx, tokenize_with, write_int8_encoder
+    from training.encoder import load_tokenizer
     from training.indexing.network import NetworkConfig, SemanticIdNetwork
     from trie import SemanticIdTrie
 
@@ -274,6 +277,11 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     keys = rng.choice(int(np.prod(sizes)), size=len(items), replace=False)
     multipliers = np.cumprod([1, *sizes[::-1][:-1]])[::-1].astype(np.int64)
     ids = np.stack([(keys // m) % s for m, s in zip(multipliers, sizes, strict=True)], axis=1)
+    # 100 documents, as the export's parity inputs; minimum 0: always written (see the docstring).
+    sample = [items[int(i)][1] for i in rng.choice(len(items), size=100, replace=False)]
+    fields = write_int8_encoder(out / "indexer", sample, tokenize_with(load_tokenizer(config.encoder), 128), sizes,
+                                min_prefix_agreement=0.0)
+    models["indexer"] |= {**fields, "encoder_int8": f"indexer/{fields['encoder_int8']}"}
     SemanticIdTrie.build(ids, codebook_sizes=sizes).save(out / "trie.bin")
     with open(out / "documents.jsonl", "w", encoding="utf-8") as f:
         for (asin, text), sid in zip(items, ids.tolist(), strict=True):
@@ -412,7 +420,8 @@ def run_bundle(name: str, bundle: Path, args: argparse.Namespace, workdir: Path,
         info = httpx.get(f"{service.url}/info", timeout=10).json()
         result: dict[str, Any] = {"bundle": str(bundle), "num_ids": info["num_documents"],
                                   "codebook_sizes": info["manifest"]["semantic_ids"]["codebook_sizes"],
-                                  "startup_s": round(startup_s, 1), "execution_providers": info["execution_providers"]}
+                                  "startup_s": round(startup_s, 1), "execution_providers": info["execution_providers"],
+                                  "indexer_precision": info.get("indexer_precision")}
         result["search"] = bench_search(service.url, args.concurrency, args.duration, args.seed)
         if index:
             result["index_documents"] = bench_indexing(service.url, args.index_batch, args.index_batches, args.seed)
@@ -455,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
 
         args.bundle = cached_tiny_bundle()
     if args.minilm is not None:
-        if not (args.minilm / "manifest.json").is_file():
+        manifest_path = args.minilm / "manifest.json"
+        # A bundle built before the int8 indexer encoder existed would not measure the default path.
+        if not manifest_path.is_file() or "int8_agreement" not in json.loads(manifest_path.read_text())["models"][
+                "indexer"]:
+            logger.info("building the MiniLM-cost bundle in %s", args.minilm)
             build_minilm_bundle(args.minilm, seed=args.seed)
         args.bundle = args.minilm
     if args.bundle is None or not (args.bundle / "manifest.json").is_file():

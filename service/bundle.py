@@ -25,11 +25,12 @@ MODEL_NAMES = ("indexer", "retriever", "recommender")
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """The two ONNX graphs of one model."""
+    """The two ONNX graphs of one model, and the optional int8 copy of its encoder (the indexer's)."""
 
     name: str
     encoder: Path
     decoder_step: Path
+    encoder_int8: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,13 @@ def load_manifest(directory: Path) -> Manifest:
     for name, spec in _require(raw, "models", where).items():
         if name not in MODEL_NAMES:
             raise BundleError(f"{path}: unknown model {name!r} (expected one of {list(MODEL_NAMES)})")
+        int8 = spec.get("encoder_int8")  # optional (docs/bundle.md); bundles before it have none
         files = ModelFiles(name, directory / _require(spec, "encoder", f"{where} models.{name}"),
-                           directory / _require(spec, "decoder_step", f"{where} models.{name}"))
-        for graph in (files.encoder, files.decoder_step):
+                           directory / _require(spec, "decoder_step", f"{where} models.{name}"),
+                           directory / int8 if int8 else None)
+        for graph in (files.encoder, files.decoder_step, files.encoder_int8):
+            if graph is None:
+                continue
             if not graph.is_file():
                 raise BundleError(f"{path}: models.{name} names {graph}, which does not exist")
         models[name] = files
@@ -139,6 +144,26 @@ def load_manifest(directory: Path) -> Manifest:
         if not required.is_file():
             raise BundleError(f"{path}: {required} does not exist")
     return manifest
+
+
+def indexer_files(manifest: Manifest, precision: str) -> tuple[ModelFiles, str]:
+    """The indexer's graphs to load for the precision setting (auto, fp32, int8): ``encoder`` is the one to run.
+
+    auto picks the int8 encoder when the bundle has one, else fp32; int8 on a bundle without one raises
+    BundleError, saying why the export left it out when the manifest records it.
+    """
+    if precision not in ("auto", "fp32", "int8"):
+        raise ValueError(f"unknown indexer precision {precision!r}")
+    files = manifest.models["indexer"]
+    if precision == "fp32" or (precision == "auto" and files.encoder_int8 is None):
+        return ModelFiles(files.name, files.encoder, files.decoder_step), "fp32"
+    if files.encoder_int8 is None:
+        entry = manifest.raw["models"]["indexer"]
+        why = entry.get("int8_skipped", "the bundle was exported without one")
+        raise BundleError(f"indexer_precision is int8 (LMINDEXER_INDEXER_PRECISION) but {manifest.directory} has no "
+                          f"int8 indexer encoder (manifest.json models.indexer.encoder_int8; {why}); use auto or "
+                          "fp32, or re-export the bundle with indexer_int8 on")
+    return ModelFiles(files.name, files.encoder_int8, files.decoder_step), "int8"
 
 
 def load_documents(manifest: Manifest) -> DocumentTable:

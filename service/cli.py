@@ -13,7 +13,7 @@ import logging
 
 from pydantic import ValidationError
 
-from service.bundle import load_manifest
+from service.bundle import indexer_files, load_manifest
 from service.errors import BundleError
 from service.logs import configure_logging
 from service.settings import ServiceSettings
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, use_json=settings.log_json)
     # Fail fast, with a clear message and no traceback, before uvicorn starts.
     manifest = load_manifest(settings.bundle_dir)
+    indexer_files(manifest, settings.indexer_precision)  # int8 asked of a bundle without it
     DocumentStore.check_belongs_to(settings.store_path or default_store_path(manifest), manifest.fingerprint)
     app = create_app(settings)
     # One worker per process: the models are loaded once; scale with replicas (docs/service.md).

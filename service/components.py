@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bundle import Manifest, load_documents, load_manifest
+from service.bundle import Manifest, indexer_files, load_documents, load_manifest
 from service.cache import CachedDocuments, CachedRanker, ResultCache
 from service.engine import DocumentSource, Engine, EngineLimits, IndexDocuments, ModelRanker, Ranker
 from service.errors import BundleError
@@ -45,6 +45,7 @@ class Components:
     writer: LocalWriter | StreamWriter
     store: DocumentStore
     providers: list[str]
+    indexer_precision: str  # "fp32" or "int8": the encoder graph POST /index-documents runs
     links: list[RedisLink] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
 
@@ -53,6 +54,9 @@ class Components:
         """Load the bundle, replay the store into the trie, load the models, connect to Redis."""
         metrics = metrics or Metrics()
         manifest = load_manifest(settings.bundle_dir)
+        # Only the indexer may run the int8 encoder; search and recommend stay fp32 (docs/bundle.md).
+        indexer, indexer_precision = indexer_files(manifest, settings.indexer_precision)
+        graphs = {**manifest.models, "indexer": indexer}
         table = await asyncio.to_thread(load_documents, manifest)
         try:
             trie = await asyncio.to_thread(SemanticIdTrie.load, manifest.trie, mmap=True)
@@ -71,7 +75,7 @@ class Components:
                    "recommender": max_history_length}
         tokenizers: dict[int, TextTokenizer] = {}
         models: dict[str, OnnxModel] = {}
-        for name, files in manifest.models.items():
+        for name, files in graphs.items():
             length = lengths[name]
             tokenizer = tokenizers.setdefault(length, TextTokenizer(manifest.tokenizer, length))
             models[name] = await asyncio.to_thread(
@@ -128,11 +132,13 @@ class Components:
         gc.collect()
         gc.freeze()
         logger.info("serving bundle %s (fingerprint %s): %d documents, index version %d, providers %s, "
-                    "redis %s, store %s", manifest.directory, manifest.fingerprint, len(index.snapshot),
-                    index.snapshot.version, providers,
-                    _redact(settings.redis_url) if settings.redis_url else "off", store_path)
+                    "indexer precision %s (setting %s), redis %s, store %s", manifest.directory,
+                    manifest.fingerprint, len(index.snapshot), index.snapshot.version, providers, indexer_precision,
+                    settings.indexer_precision, _redact(settings.redis_url) if settings.redis_url else "off",
+                    store_path)
         return cls(settings=settings, manifest=manifest, metrics=metrics, engine=engine, ranker=ranker,
-                   writer=writer, store=store, providers=providers, links=links)
+                   writer=writer, store=store, providers=providers, indexer_precision=indexer_precision,
+                   links=links)
 
     async def stop(self) -> None:
         """Stop background tasks and close connections and the store."""
@@ -159,6 +165,7 @@ class Components:
         return {"manifest": self.manifest.raw, "bundle_fingerprint": self.manifest.fingerprint,
                 "num_documents": len(snapshot), "index_version": snapshot.version,
                 "models": sorted(self.manifest.models), "execution_providers": self.providers,
+                "indexer_precision": self.indexer_precision,
                 "replication": self.writer.status(), "started_at": self.started_at}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,10 @@ class ExecutionProvider(StrEnum):
     AUTO = "auto"  # CUDA when onnxruntime-gpu sees a GPU, else CPU
     CPU = "cpu"
     CUDA = "cuda"
+
+
+# Which encoder graph the indexer (POST /index-documents) runs; see ServiceSettings.indexer_precision.
+IndexerPrecision = Literal["auto", "fp32", "int8"]
 
 
 class SyncMode(StrEnum):
@@ -100,6 +105,15 @@ class ServiceSettings(BaseSettings):
         description="Let onnxruntime's threads busy-wait between operators. Saves a little latency on a "
                     "dedicated machine; on a shared or oversubscribed one (several replicas, other jobs) "
                     "spinning threads steal the CPU the model needs (measured 2x slower), hence off.")
+    indexer_precision: IndexerPrecision = Field(
+        "auto",
+        description="Encoder of the indexer (POST /index-documents only; search and recommend always run fp32). "
+                    "int8: the bundle's indexer/encoder.int8.onnx, about twice the documents/s on CPU; the export "
+                    "wrote it only if its greedy codes agreed with fp32 on at least a minimum share of the checked "
+                    "documents (0.9 by default; manifest models.indexer.int8_agreement), so a few new documents "
+                    "may get another prefix than fp32 would give them. fp32: the exact encoder (set it when new "
+                    "documents must get exactly the IDs the fp32 model gives). auto: int8 when the bundle has it, "
+                    "else fp32. int8 on a bundle without it is a start-up error.")
     batch_max_size: int = Field(32, ge=1, description="Most queries sent to the model in one call.")
     batch_max_wait_ms: float = Field(
         0.0, ge=0,

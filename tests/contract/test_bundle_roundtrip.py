@@ -103,14 +103,17 @@ def test_graphs_have_the_signatures_of_the_contract(exported) -> None:
     bundle, _, _ = exported
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["format_version"] == 1
+    assert "encoder_int8" in manifest["models"]["indexer"]  # the optional int8 indexer encoder, written by default
     for name in ("indexer", "retriever", "recommender"):
         spec = manifest["models"][name]
-        encoder = onnxruntime.InferenceSession(str(bundle / spec["encoder"]), providers=["CPUExecutionProvider"])
+        # The int8 encoder (indexer only) has the fp32 encoder's signature: int8 weights, float32 states.
+        for encoder_key in ("encoder", "encoder_int8") if name == "indexer" else ("encoder",):
+            encoder = onnxruntime.InferenceSession(str(bundle / spec[encoder_key]), providers=["CPUExecutionProvider"])
+            assert [(i.name, i.type, len(i.shape)) for i in encoder.get_inputs()] == [
+                ("input_ids", "tensor(int64)", 2), ("attention_mask", "tensor(int64)", 2)]
+            assert [(o.name, o.type, len(o.shape)) for o in encoder.get_outputs()] == [
+                ("encoder_states", "tensor(float)", 3)]
         step = onnxruntime.InferenceSession(str(bundle / spec["decoder_step"]), providers=["CPUExecutionProvider"])
-        assert [(i.name, i.type, len(i.shape)) for i in encoder.get_inputs()] == [
-            ("input_ids", "tensor(int64)", 2), ("attention_mask", "tensor(int64)", 2)]
-        assert [(o.name, o.type, len(o.shape)) for o in encoder.get_outputs()] == [
-            ("encoder_states", "tensor(float)", 3)]
         assert [(i.name, i.type, len(i.shape)) for i in step.get_inputs()] == [
             ("encoder_states", "tensor(float)", 3), ("attention_mask", "tensor(int64)", 2),
             ("codes", "tensor(int64)", 3), ("level", "tensor(int64)", 0)]

@@ -59,11 +59,21 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
     assert manifest["format_version"] == 1
     assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size": 8, "counter_size": 4,
                                         "codebook_sizes": [8, 8, 4]}
+    indexer = dict(manifest["models"]["indexer"])
+    agreement = indexer.pop("int8_agreement")
     assert manifest["models"] == {
-        "indexer": {"encoder": "indexer/encoder.onnx", "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32},
+        "indexer": {"encoder": "indexer/encoder.onnx", "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32,
+                    "encoder_int8": "indexer/encoder.int8.onnx", "int8_agreement": agreement},
         "retriever": {"encoder": "retriever/encoder.onnx", "decoder_step": "retriever/decoder_step.onnx",
                       "hidden_size": 32},
     }
+    # The int8 indexer encoder: measured on the indexer's 20 parity inputs, above the default minimum.
+    assert agreement["inputs"] == 20 and len(agreement["per_level"]) == 2
+    assert 0.9 <= agreement["prefix"] <= min(agreement["per_level"]) <= 1.0
+    assert agreement["min_prefix_agreement"] == 0.9 and agreement["weight_type"] == "QInt8"
+    assert sorted(p.name for p in (out / "indexer").iterdir()) == ["decoder_step.onnx", "encoder.int8.onnx",
+                                                                   "encoder.onnx"]
+    assert sorted(p.name for p in (out / "retriever").iterdir()) == ["decoder_step.onnx", "encoder.onnx"]
     assert manifest["recommendation"] == {"max_history": 20, "history_separator": ". ",
                                           "history_order": "most_recent_first"}
     assert (manifest["max_query_length"], manifest["max_document_length"]) == (24, 48)
@@ -82,6 +92,44 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
         assert trie.row_of(tuple(line["semantic_id"])) == row
         assert line["metadata"]["title"] == document.metadata["title"]
     assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"
+
+
+def _greedy_codes(bundle: Path, encoder_file: str, texts: list[str]) -> np.ndarray:
+    """(N, L) greedy learned codes through the bundle's indexer with the given encoder graph."""
+    model = export_module.OnnxModel(bundle / "indexer", tokenize=export_module.tokenize_with(load_tokenizer(), 48),
+                                    encoder_file=encoder_file)
+    return export_module.greedy_learned_codes(model, texts, [8, 8, 4])
+
+
+def test_int8_agreement_is_what_the_graphs_give(tmp_path: Path, corpus) -> None:
+    documents, _ = corpus
+    out = tmp_path / "bundle"
+    agreement = _export(out, corpus)["models"]["indexer"]["int8_agreement"]
+    texts = [d.text for d in documents][:20]  # the indexer's parity inputs
+    fp32 = _greedy_codes(out, "encoder.onnx", texts)
+    int8 = _greedy_codes(out, "encoder.int8.onnx", texts)
+    assert agreement["prefix"] == round(float((fp32 == int8).all(axis=1).mean()), 4)
+    assert agreement["per_level"] == [round(float(v), 4) for v in (fp32 == int8).mean(axis=0)]
+
+
+def test_int8_encoder_below_the_minimum_agreement_is_not_written(tmp_path: Path, corpus) -> None:
+    out = tmp_path / "bundle"
+    manifest = _export(out, corpus, indexer_int8_min_agreement=1.01)
+    indexer = manifest["models"]["indexer"]
+    assert "encoder_int8" not in indexer
+    assert "below the minimum 1.01" in indexer["int8_skipped"]
+    assert indexer["int8_agreement"]["min_prefix_agreement"] == 1.01 and indexer["int8_agreement"]["inputs"] == 20
+    assert sorted(p.name for p in (out / "indexer").iterdir()) == ["decoder_step.onnx", "encoder.onnx"]
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging directory left behind
+
+
+def test_int8_encoder_can_be_turned_off(tmp_path: Path, corpus) -> None:
+    out = tmp_path / "bundle"
+    indexer = _export(out, corpus, indexer_int8=False)["models"]["indexer"]
+    assert "encoder_int8" not in indexer and "int8_agreement" not in indexer
+    assert "disabled" in indexer["int8_skipped"]
+    assert not (out / "indexer" / "encoder.int8.onnx").exists()
 
 
 def test_a_bundle_that_fails_parity_is_not_written(tmp_path: Path, corpus, monkeypatch) -> None:

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from training.downstream.demo import build_demo, load_demo_config
+    from training.downstream.export import int8_summary
 
     config = load_demo_config(args.preset, args.overrides)
     started = time.perf_counter()
@@ -37,4 +38,5 @@ def run(args: argparse.Namespace) -> int:
           f"IDs from {manifest['training_config']['ids']['method']}; {time.perf_counter() - started:.0f} s")
     for name, figures in manifest["onnx_parity"].items():
         print(f"  {name}: ONNX max |diff| {figures['max_abs_diff']:.2e}, top-10 identical {figures['top10_identical']}")
+    print(f"  {int8_summary(manifest)}")
     return 0

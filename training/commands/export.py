@@ -4,7 +4,9 @@ The bundle holds the indexer (the LMIndexer network of --ids, or --indexer, or e
 the retriever and/or the recommender, the trie and documents of the task's corpus with their final
 IDs (cold-start documents indexed as the service would), and manifest.json with the evaluation
 figures found in each model's eval/metrics.json. ONNX parity is checked on --parity-inputs inputs per
-model; a bundle that fails it is not written.
+model; a bundle that fails it is not written. The indexer's int8 encoder (for the service's
+/index-documents) is written too unless --no-indexer-int8, when its greedy codes agree with the fp32
+encoder's on at least --indexer-int8-min-agreement of the indexer's parity inputs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parity-inputs", type=int, default=100, help="Inputs of the parity check per model.")
     parser.add_argument("--max-document-length", type=int, default=None,
                         help="Tokens of a document (indexer). Default: what learn-ids used, else 128.")
+    parser.add_argument("--indexer-int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also write indexer/encoder.int8.onnx (int8 weights, about twice the indexing "
+                             "throughput on CPU). Default: on.")
+    parser.add_argument("--indexer-int8-min-agreement", type=float, default=0.9,
+                        help="Least fraction of the indexer's parity inputs whose learned prefix must be the "
+                             "same with the int8 encoder as with the fp32 one, else it is not written. Default 0.9.")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an existing bundle (once the new one is done).")
 
@@ -35,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import random
 
     from training.downstream.experiment import final_ids, load_finetuned, load_task
-    from training.downstream.export import BundleModel, export_bundle
+    from training.downstream.export import BundleModel, export_bundle, int8_summary
     from training.downstream.finetune import load_indexer_network
     from training.downstream.tasks import load_id_source
     from training.encoder import load_tokenizer
@@ -88,9 +96,11 @@ def run(args: argparse.Namespace) -> int:
     manifest = export_bundle(args.out, models, documents, ids, tokenizer, encoder=network.config.encoder,
                              max_query_length=max(item[1].max_input_length for item in loaded.values()),
                              max_document_length=document_length, max_history=max_history,
-                             evaluation=evaluation, training_config=training_config, overwrite=args.overwrite)
+                             evaluation=evaluation, training_config=training_config, overwrite=args.overwrite,
+                             indexer_int8=args.indexer_int8, indexer_int8_min_agreement=args.indexer_int8_min_agreement)
     print(f"bundle {args.out}: {manifest['num_documents']} documents, models {', '.join(manifest['models'])}")
     for model_name, figures in manifest["onnx_parity"].items():
         print(f"  {model_name}: ONNX max |diff| {figures['max_abs_diff']:.2e}, "
               f"top-10 identical {figures['top10_identical']}")
+    print(f"  {int8_summary(manifest)}")
     return 0
