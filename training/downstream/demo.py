@@ -92,7 +92,7 @@ def beauty_subset(num_items: int, max_users: int) -> Any:
     return AmazonDataset(items, sequences, dataset.items_path, dataset.sequences_path)
 
 
-def _learn_ids(corpus: Path, out: Path, config: DemoConfig) -> dict[str, Any]:
+def _learn_ids(corpus: Path, out: Path, config: DemoConfig, progress: bool = True) -> dict[str, Any]:
     from training.indexing.learning import learn_ids, resolve_method
 
     method, preset = config.ids_method, config.ids_preset
@@ -103,6 +103,8 @@ def _learn_ids(corpus: Path, out: Path, config: DemoConfig) -> dict[str, Any]:
         logger.warning("learn-ids method %r is not available (%s); the demo falls back to HC IDs", method, exc)
         method, preset = "hc", "quick"
     overrides = list(config.ids_overrides) if method == config.ids_method else []
+    if not progress and method in ("lmindexer", "rqvae"):  # the methods with bars (HC has none)
+        overrides.append("progress=false")
     return learn_ids(corpus=corpus, method=method, out_dir=out, preset=preset, overrides=overrides,
                      overwrite=True)
 
@@ -137,7 +139,7 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
     try:
         dataset = beauty_subset(config.num_items, config.max_users)
         write_items_corpus(dataset, work / "corpus.jsonl")
-        ids_record = _learn_ids(work / "corpus.jsonl", work / "ids", config)
+        ids_record = _learn_ids(work / "corpus.jsonl", work / "ids", config, progress=progress)
         timings["learn_ids"] = time.perf_counter() - started
         source = load_id_source(work / "ids")
 
