@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lmindexer-preset", default="quick", help="LMIndexer preset (a name or a TOML path); 'paper' needs a GPU."
     )
+    parser.add_argument(
+        "--lmindexer-runs", choices=("both", "k256", "k512"), default="both",
+        help="Which LMIndexer runs: K=256 (the equal-size table), K=512 (its default), or both.",
+    )
     parser.add_argument("--kmeans-n-init", type=int, default=3, help="k-means restarts for the reference.")
     parser.add_argument(
         "--full",
@@ -219,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file():
         with open(args.out, encoding="utf-8") as handle:
             result = json.load(handle)
-    plan = {**RUNS, **lmindexer_runs(args.lmindexer_preset)}
+    lmindexer_plan = lmindexer_runs(args.lmindexer_preset)
+    if args.lmindexer_runs != "both":
+        lmindexer_plan = {name: spec for name, spec in lmindexer_plan.items()
+                          if (name == "lmindexer_k256") == (args.lmindexer_runs == "k256")}
+    plan = {**RUNS, **lmindexer_plan}
     for name, spec in plan.items():
         if spec[0] in methods:
             result["runs"][name] = run_method(name, spec, corpus, args.work_dir, cpu=not args.full)
