@@ -98,6 +98,16 @@ def integration_bundle() -> Path:
     return cached_tiny_bundle()
 
 
+@pytest.fixture(scope="session")
+def demo_bundle() -> Path:
+    """The trained demo bundle (`lmindexer build-demo --preset integration`: LMIndexer IDs, fine-tuned
+    retriever and recommender, ONNX), built once per version of its sources and cached under .cache/
+    (minutes the first time; see tests/integration/demo_bundle.py)."""
+    from tests.integration.demo_bundle import cached_demo_bundle  # builds with torch: only when a test needs it
+
+    return cached_demo_bundle()
+
+
 @pytest.fixture(scope="module")
 def redis_url_or_none() -> Iterator[str | None]:
     """The shared Redis of the replicas (a flushed database), or None when no Redis answers."""

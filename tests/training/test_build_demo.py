@@ -13,7 +13,7 @@ from training.downstream.demo import beauty_subset, load_demo_config
 from training.downstream.finetune import FinetuneConfig
 
 
-@pytest.mark.parametrize("preset", ["tiny", "quick"])
+@pytest.mark.parametrize("preset", ["tiny", "quick", "integration"])
 def test_demo_presets_and_the_finetune_presets_they_name_load(preset: str) -> None:
     config = load_demo_config(preset)
     assert config.ids_method == "lmindexer"

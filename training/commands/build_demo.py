@@ -12,8 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bundles/demo"),
                         help="Bundle directory. Default: bundles/demo.")
     parser.add_argument("--preset", default="quick",
-                        help="demo preset: quick (make run's bundle, < 10 min on 2 cores) or tiny (tests, ~2 min), "
-                             "or a TOML path. Default: quick.")
+                        help="demo preset: quick (make run's bundle, < 10 min on 2 cores), integration (the "
+                             "integration tests' bundle, a few minutes), tiny (~2 min, near-chance answers) or a "
+                             "TOML path. Default: quick.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one demo setting (repeatable), e.g. --set num_items=500.")
     parser.add_argument("--overwrite", action="store_true",

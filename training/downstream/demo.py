@@ -1,7 +1,7 @@
 """`lmindexer build-demo`: a small working bundle from the vendored Beauty data, end to end.
 
-Steps (presets training/configs/demo-<preset>.toml; `quick` is `make run`'s bundle, `tiny` the
-tests' bundle):
+Steps (presets training/configs/demo-<preset>.toml; `quick` is `make run`'s bundle, `integration` the
+integration tests' bundle, `tiny` the quickest end-to-end run):
 
 1. keep the `num_items` most interacted-with Beauty items; every user's sequence is filtered to
    them and users left with fewer than 3 items are dropped (leave-one-out needs 3);
