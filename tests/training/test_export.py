@@ -13,6 +13,7 @@ from transformers import BertConfig, BertModel
 
 import training.downstream.export as export_module
 from training.data.amazon import items_as_documents, load_amazon
+from training.downstream.cold_start import greedy_codes
 from training.downstream.export import BundleModel, ParityError, export_bundle
 from training.encoder import load_tokenizer
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
@@ -98,7 +99,7 @@ def _greedy_codes(bundle: Path, encoder_file: str, texts: list[str]) -> np.ndarr
     """(N, L) greedy learned codes through the bundle's indexer with the given encoder graph."""
     model = export_module.OnnxModel(bundle / "indexer", tokenize=export_module.tokenize_with(load_tokenizer(), 48),
                                     encoder_file=encoder_file)
-    return export_module.greedy_learned_codes(model, texts, [8, 8, 4])
+    return greedy_codes(model, texts, [8, 8, 4], batch_size=25)
 
 
 def test_int8_agreement_is_what_the_graphs_give(tmp_path: Path, corpus) -> None:

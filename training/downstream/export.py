@@ -209,22 +209,6 @@ def tokenize_with(tokenizer: Any, max_length: int) -> Tokenize:
     return tokenize
 
 
-def greedy_learned_codes(model: OnnxModel, texts: Sequence[str], codebook_sizes: Sequence[int],
-                         batch_size: int = 25) -> np.ndarray:
-    """(N, L) int64: the argmax code of each learned level, level by level, as the service's indexer does."""
-    num_levels = len(codebook_sizes) - 1
-    out = np.zeros((len(texts), num_levels), dtype=np.int64)
-    for start in range(0, len(texts), batch_size):
-        ids, mask = model.tokenize(texts[start:start + batch_size])
-        states = model.encode_ids(ids, mask)  # (B, S, d)
-        codes = np.zeros((len(ids), 1, num_levels), dtype=np.int64)  # (B, W=1, L)
-        for level in range(num_levels):
-            log_probs = model.decoder_step(states, mask, codes, level)[:, 0, :codebook_sizes[level]]  # (B, K)
-            codes[:, 0, level] = np.argmax(log_probs, axis=1)
-        out[start:start + len(ids)] = codes[:, 0, :]
-    return out
-
-
 def code_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
     """Agreement of two (N, L) code tables: per level, and on the whole prefix (all L levels equal)."""
     equal = reference == candidate  # (N, L)
@@ -266,15 +250,17 @@ def write_int8_encoder(directory: Path, texts: Sequence[str], tokenize: Tokenize
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    reference = greedy_learned_codes(OnnxModel(directory, tokenize=tokenize), texts, codebook_sizes)
+    from training.downstream.cold_start import greedy_codes
+
+    reference = greedy_codes(OnnxModel(directory, tokenize=tokenize), texts, codebook_sizes, batch_size=25)
     best: dict[str, Any] | None = None
     for per_channel in (True, False):
         candidate = directory / f".encoder.int8.per_channel-{per_channel}.onnx"
         with _without_root_logger_records():
             quantize_dynamic(directory / "encoder.onnx", candidate, weight_type=QuantType.QInt8,
                              per_channel=per_channel, op_types_to_quantize=list(INT8_OPS))
-        codes = greedy_learned_codes(OnnxModel(directory, tokenize=tokenize, encoder_file=candidate.name),
-                                     texts, codebook_sizes)
+        codes = greedy_codes(OnnxModel(directory, tokenize=tokenize, encoder_file=candidate.name),
+                             texts, codebook_sizes, batch_size=25)
         figures = {**code_agreement(reference, codes), "per_channel": per_channel, "weight_type": "QInt8",
                    "quantized_ops": list(INT8_OPS), "min_prefix_agreement": min_prefix_agreement}
         logger.info("int8 encoder (per_channel=%s): prefix agreement %.3f, per level %s on %d inputs", per_channel,
