@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from datetime import UTC, datetime
@@ -56,12 +57,15 @@ CPU_OVERRIDES: dict[str, list[str]] = {
 KMEANS_SIZES = (50, 256, 512)
 
 
-def lmindexer_runs(preset: str) -> dict[str, tuple[str, str, list[str], str]]:
-    """The LMIndexer runs: K=256 for the equal-size table, and K=512 (the method default) for the other."""
+def lmindexer_runs(preset: str, extra: list[str]) -> dict[str, tuple[str, str, list[str], str]]:
+    """The LMIndexer runs: K=256 for the equal-size table, and K=512 (the method default) for the other.
+
+    `extra` are KEY=VALUE settings over the preset, applied to both runs (before the codebook size).
+    """
     return {
-        "lmindexer_k256": ("lmindexer", preset, ["codebook_size=256"], "equal_256"),
+        "lmindexer_k256": ("lmindexer", preset, [*extra, "codebook_size=256"], "equal_256"),
         # K = 512, the method's default for ~10k documents (the cpu/quick presets use smaller K).
-        "lmindexer": ("lmindexer", preset, ["codebook_size=512"], "default"),
+        "lmindexer": ("lmindexer", preset, [*extra, "codebook_size=512"], "default"),
     }
 
 
@@ -98,7 +102,7 @@ def run_method(
         "preset": preset,
         "overrides": overrides,
         "command": f"lmindexer learn-ids --corpus {corpus} --method {method} --preset {preset} "
-        + " ".join(f"--set {o}" for o in overrides)
+        + " ".join(f"--set {shlex.quote(o)}" for o in overrides)
         + f" --out {out_dir}",
         "first_level_size": record["codebook_sizes"][0],
         "ami_first_level": metrics["levels"][0].get("ami"),
@@ -146,8 +150,14 @@ def run_kmeans(corpus: Path, seed: int, n_init: int) -> dict[str, Any]:
     }
 
 
-def summarise(runs: dict[str, Any]) -> dict[str, Any]:
-    """The comparison tables: first-level AMI at equal size 256 and at each method's defaults."""
+def summarise(runs: dict[str, Any], baseline_runs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The comparison tables: first-level AMI at equal size 256 and at each method's defaults.
+
+    `baseline_runs` (the runs of another result JSON) fill in methods this result has no run of, so a
+    result holding only LMIndexer runs still reports its ratio to the baselines measured elsewhere.
+    """
+    runs = {**{n: r for n, r in (baseline_runs or {}).items()
+               if r.get("method") not in {v.get("method") for v in runs.values()}}, **runs}
     equal = {}
     default = {}
     for name, run in runs.items():
@@ -204,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         "--lmindexer-runs", choices=("both", "k256", "k512"), default="both",
         help="Which LMIndexer runs: K=256 (the equal-size table), K=512 (its default), or both.",
     )
+    parser.add_argument(
+        "--lmindexer-set", action="append", default=[], metavar="KEY=VALUE",
+        help="Extra LMIndexer setting over the preset (repeatable), e.g. --lmindexer-set 'nocode_epochs=[2.0, 0.1]'.",
+    )
+    parser.add_argument(
+        "--baselines-from", type=Path, default=ROOT / "benchmarks" / "results" / "ids.json",
+        help="Result JSON whose rq-VAE / HC / k-means runs complete the summary when --out has none of its own.",
+    )
     parser.add_argument("--kmeans-n-init", type=int, default=3, help="k-means restarts for the reference.")
     parser.add_argument(
         "--full",
@@ -223,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file():
         with open(args.out, encoding="utf-8") as handle:
             result = json.load(handle)
-    lmindexer_plan = lmindexer_runs(args.lmindexer_preset)
+    lmindexer_plan = lmindexer_runs(args.lmindexer_preset, args.lmindexer_set)
     if args.lmindexer_runs != "both":
         lmindexer_plan = {name: spec for name, spec in lmindexer_plan.items()
                           if (name == "lmindexer_k256") == (args.lmindexer_runs == "k256")}
@@ -232,16 +250,23 @@ def main(argv: list[str] | None = None) -> int:
         if spec[0] in methods:
             result["runs"][name] = run_method(name, spec, corpus, args.work_dir, cpu=not args.full)
             result["runs"][name]["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-            _write(args.out, result, corpus)  # after every run, so a long benchmark keeps partial results
+            # after every run, so a long benchmark keeps partial results
+            _write(args.out, result, corpus, args.baselines_from)
     if "kmeans" in methods:
         result["runs"]["kmeans"] = run_kmeans(corpus, args.seed, args.kmeans_n_init)
-    _write(args.out, result, corpus)
+    _write(args.out, result, corpus, args.baselines_from)
     print(json.dumps(result["summary"], indent=2))
     return 0
 
 
-def _write(path: Path, result: dict[str, Any], corpus: Path) -> None:
-    result["summary"] = summarise(result["runs"])
+def _write(path: Path, result: dict[str, Any], corpus: Path, baselines_from: Path | None = None) -> None:
+    baseline_runs = None
+    if baselines_from is not None and baselines_from.is_file() and baselines_from.resolve() != path.resolve():
+        with open(baselines_from, encoding="utf-8") as handle:
+            baseline_runs = json.load(handle)["runs"]
+        result["baselines_from"] = str(baselines_from.relative_to(ROOT) if baselines_from.is_relative_to(ROOT)
+                                       else baselines_from)
+    result["summary"] = summarise(result["runs"], baseline_runs)
     with open(corpus, encoding="utf-8") as handle:
         documents = sum(1 for line in handle if line.strip())
     result["data"] = {
