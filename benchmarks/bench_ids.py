@@ -13,6 +13,10 @@ The methods run separately and merge into one JSON (LMIndexer takes hours on a C
     nice -n 10 python benchmarks/bench_ids.py --methods rqvae,hc,kmeans
     nice -n 10 python benchmarks/bench_ids.py --methods lmindexer --lmindexer-preset cpu
 
+A result file with LMIndexer runs only (e.g. --out results/ids_lmindexer_encoder.json) takes the
+baselines for its summary ratio from --baselines-from (results/ids.json); --lmindexer-set KEY=VALUE
+changes one setting of the preset for an experiment, and the run's recorded command carries it.
+
 Each run goes through the real `learn-ids` pipeline (`training.indexing.learning.learn_ids`),
 with its output (ids.jsonl, metrics.json, checkpoint) under --work-dir, so
 `lmindexer id-report WORK_DIR/<run>` renders its report.
