@@ -5,9 +5,10 @@ the Beauty subset, LMIndexer IDs, a fine-tuned retriever and recommender, ONNX e
 parity check) in a subprocess and caches the bundle under ``.cache/demo-bundle-<key>``. The key is a
 hash of everything the bundle is a function of: the Python sources of ``training/``, ``trie/`` and
 ``lmindexer/`` (the CLI), every preset in ``training/configs/``, the vendored Beauty data, this file,
-and the versions of the packages that compute it (seeded CPU training is deterministic, so the same
-key gives the same bundle). Any edit there builds a fresh bundle on the next run; otherwise reruns
-reuse it. A fresh clone (CI) builds it once per session.
+and the versions of the packages that compute it. Any edit there builds a fresh bundle on the next run;
+otherwise reruns reuse it. (Two builds of one key are not always bit-identical: a few of the 600 IDs
+have been seen to differ between builds on a loaded machine, so the tests compare the IDs the service
+itself returns, never fixed IDs.) A fresh clone (CI) builds it once per session.
 
 Parallel sessions: the build holds an exclusive lock on ``.cache/demo-bundle-<key>.lock``, so a second
 session waits for the first one's bundle instead of building its own, and the finished bundle is

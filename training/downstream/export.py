@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from training.data.corpus import Document
+from training.downstream.cold_start import greedy_codes
 from training.downstream.evaluate import TorchModel, beam_search, grouped_step_fn
 from training.encoder import resolve_encoder_path
 from training.errors import UserInputError
@@ -249,8 +250,6 @@ def write_int8_encoder(directory: Path, texts: Sequence[str], tokenize: Tokenize
     (a path relative to `directory`) when written, else `int8_skipped` (why). `texts` must not be empty.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from training.downstream.cold_start import greedy_codes
 
     reference = greedy_codes(OnnxModel(directory, tokenize=tokenize), texts, codebook_sizes, batch_size=25)
     best: dict[str, Any] | None = None
