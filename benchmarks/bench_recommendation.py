@@ -37,7 +37,10 @@ def main() -> None:
     parser.add_argument("--num-items", type=int, default=500, help="Most popular items kept (0 = all 12,101).")
     parser.add_argument("--max-users", type=int, default=1500, help="Users kept at most.")
     parser.add_argument("--methods", default="lmindexer,rqvae,hc")
-    parser.add_argument("--ids-preset", default="quick")
+    parser.add_argument("--ids-preset", default="quick", help="learn-ids preset of every method, or a default "
+                        "with per-method exceptions: quick,lmindexer=cpu-encoder")
+    parser.add_argument("--ids-set", dest="ids_overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="learn-ids setting over one method's preset, e.g. --ids-set lmindexer:num_threads=1")
     parser.add_argument("--finetune-preset", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="finetune setting overrides, e.g. --set steps=300")
@@ -58,7 +61,7 @@ def main() -> None:
     from training.config import build_config, config_to_dict, load_config, preset_path
     from training.data.amazon import load_amazon
     from training.downstream.demo import beauty_subset
-    from training.downstream.experiment import beauty_task, compare_id_methods
+    from training.downstream.experiment import beauty_task, compare_id_methods, ids_overrides_for, ids_presets_for
     from training.downstream.finetune import FinetuneConfig
 
     torch.set_num_threads(args.threads)
@@ -69,7 +72,9 @@ def main() -> None:
     dataset = beauty_subset(args.num_items, args.max_users) if args.num_items else load_amazon()
     task = beauty_task(dataset, max_history=config.max_history, train_examples=config.train_examples)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    generative = compare_id_methods(task, args.work, methods, args.ids_preset, {}, config, split="test",
+    ids_presets = ids_presets_for(args.ids_preset, methods)
+    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides_for(args.ids_overrides),
+                                    config, split="test",
                                     latency_queries=args.latency_queries, progress=False)
 
     data = RecData.from_dataset(dataset)

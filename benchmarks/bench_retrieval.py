@@ -32,7 +32,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-retrieval"))
     parser.add_argument("--data", type=Path, default=None, help="Cranfield folder (default: data/cranfield).")
     parser.add_argument("--methods", default="lmindexer,rqvae,hc")
-    parser.add_argument("--ids-preset", default="quick")
+    parser.add_argument("--ids-preset", default="quick", help="learn-ids preset of every method, or a default "
+                        "with per-method exceptions: quick,lmindexer=cpu-encoder")
+    parser.add_argument("--ids-set", dest="ids_overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="learn-ids setting over one method's preset, e.g. --ids-set lmindexer:num_threads=1")
     parser.add_argument("--finetune-preset", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="finetune setting overrides, e.g. --set steps=300")
@@ -50,7 +53,13 @@ def main() -> None:
     from training.baselines.recommendation import machine_description
     from training.baselines.retrieval import run_retrieval_baseline
     from training.config import config_to_dict, load_config, preset_path
-    from training.downstream.experiment import DATA_DIR, compare_id_methods, cranfield_task
+    from training.downstream.experiment import (
+        DATA_DIR,
+        compare_id_methods,
+        cranfield_task,
+        ids_overrides_for,
+        ids_presets_for,
+    )
     from training.downstream.finetune import FinetuneConfig
 
     torch.set_num_threads(args.threads)
@@ -61,7 +70,9 @@ def main() -> None:
     data_dir = args.data or DATA_DIR / "cranfield"
     task = cranfield_task(data_dir)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    generative = compare_id_methods(task, args.work, methods, args.ids_preset, {}, config, split="test",
+    ids_presets = ids_presets_for(args.ids_preset, methods)
+    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides_for(args.ids_overrides),
+                                    config, split="test",
                                     latency_queries=args.latency_queries, progress=False)
     baselines = {}
     baseline_sources = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,19 @@ from transformers import BertConfig, BertModel
 
 from training.config import build_config
 from training.data.amazon import item_text, load_amazon
+from training.downstream.experiment import ids_overrides_for, ids_presets_for
 from training.downstream.finetune import FinetuneConfig, build_network, train
 from training.downstream.tasks import (
     Example,
     choose_cold_documents,
+    document_spans,
     history_input,
     load_id_source,
     recommendation_examples,
     retrieval_examples,
 )
 from training.encoder import load_tokenizer
+from training.errors import ConfigError
 from training.indexing.id_table import write_ids_jsonl
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
 
@@ -54,6 +58,24 @@ def test_retrieval_pairs_hold_out_cold_documents_and_add_document_queries() -> N
         ("beta text", "b", (1, 2, 1)),
     ]
     assert len(retrieval_examples(queries, qrels, documents, id_of, doc_as_query=False)) == 2
+
+
+def test_span_pseudo_queries_are_seeded_distinct_pieces_of_their_document() -> None:
+    text = " ".join(f"w{i}" for i in range(60))
+    spans = document_spans(text, 5, 10, random.Random("7:a"))
+    assert len(spans) == 5 and len(set(spans)) == 5
+    for span in spans:
+        words = span.split()
+        assert 5 <= len(words) <= 10 and span in text  # contiguous words of the document
+    assert spans == document_spans(text, 5, 10, random.Random("7:a"))  # same seed, same spans
+    assert document_spans("too short to cut", 5, 10, random.Random(0)) == []
+    id_of = {"a": (1, 2, 0), "b": (3, 0, 0)}
+    documents = {"a": text, "b": "short text"}
+    pairs = retrieval_examples({}, {}, documents, id_of, doc_as_query=True, cold={"b"}, span_queries=3,
+                               span_words=10, seed=7)
+    assert [e.doc_id for e in pairs] == ["a"] * 4  # the document itself + 3 spans; cold b has none
+    assert [e.text for e in pairs[1:]] == document_spans(text, 3, 10, random.Random("7:a"))
+    assert retrieval_examples({}, {}, documents, id_of, doc_as_query=False, span_queries=3) == []
 
 
 def test_recommendation_input_is_most_recent_first_and_truncated() -> None:
@@ -137,3 +159,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_as_the_same_run(tmp_path
     resumed = train(tiny_network(seed=9), examples, config, tmp_path / "resumed", tokenizer=tokenizer, progress=False)
     assert resumed["resumed_from"] == 6 and resumed["steps"] == 10
     np.testing.assert_allclose(resumed["losses"], whole["losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_benchmark_ids_presets_give_every_method_one_preset() -> None:
+    methods = ["lmindexer", "rqvae", "hc"]
+    assert ids_presets_for("quick", methods) == dict.fromkeys(methods, "quick")
+    assert ids_presets_for("quick,lmindexer=cpu-encoder", methods) == {
+        "lmindexer": "cpu-encoder", "rqvae": "quick", "hc": "quick"}
+    assert ids_presets_for("rqvae=quick, hc=paper", ["rqvae", "hc"]) == {"rqvae": "quick", "hc": "paper"}
+    with pytest.raises(ConfigError, match="no preset for lmindexer"):
+        ids_presets_for("rqvae=quick", ["lmindexer", "rqvae"])
+    with pytest.raises(ConfigError, match="not one of the methods"):
+        ids_presets_for("quick,kmeans=quick", methods)
+    with pytest.raises(ConfigError, match="two default presets"):
+        ids_presets_for("quick,paper", methods)
+    assert ids_overrides_for(["lmindexer:num_threads=1", "lmindexer:seed=3", "hc:branching=8"]) == {
+        "lmindexer": ["num_threads=1", "seed=3"], "hc": ["branching=8"]}
+    with pytest.raises(ConfigError, match="METHOD:KEY=VALUE"):
+        ids_overrides_for(["num_threads=1"])

@@ -84,7 +84,8 @@ class Task:
             doc_as_query = {"on": True, "off": False}.get(config.doc_as_query,
                                                          len(self.train_queries) < len(self.documents))
             examples = retrieval_examples(self.train_queries, self.train_qrels, texts, id_of, doc_as_query,
-                                          titles=self.titles, cold=cold)
+                                          titles=self.titles, cold=cold, span_queries=config.doc_span_queries,
+                                          span_words=config.doc_span_words, seed=config.seed)
         if config.max_train_examples and len(examples) > config.max_train_examples:
             examples = random.Random(config.seed).sample(examples, config.max_train_examples)
         return examples
@@ -291,7 +292,39 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
     return results
 
 
-def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_preset: str,
+def ids_presets_for(spec: str, methods: Sequence[str]) -> dict[str, str]:
+    """method -> learn-ids preset from a benchmark's `--ids-preset` value: one preset for every method
+    ("quick"), or a default with per-method exceptions ("quick,lmindexer=cpu-encoder")."""
+    default, presets = None, {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if "=" in part:
+            method, _, preset = part.partition("=")
+            if method.strip() not in methods:
+                raise ConfigError(f"--ids-preset names {method.strip()!r}, which is not one of the methods run "
+                                  f"({', '.join(methods)})")
+            presets[method.strip()] = preset.strip()
+        elif default is None:
+            default = part
+        else:
+            raise ConfigError(f"--ids-preset {spec!r}: two default presets ({default!r}, {part!r})")
+    missing = [m for m in methods if m not in presets and default is None]
+    if missing:
+        raise ConfigError(f"--ids-preset {spec!r} gives no preset for {', '.join(missing)}")
+    return {m: presets.get(m, default or "") for m in methods}
+
+
+def ids_overrides_for(specs: Sequence[str]) -> dict[str, list[str]]:
+    """method -> learn-ids overrides from a benchmark's repeated `--ids-set METHOD:KEY=VALUE`."""
+    overrides: dict[str, list[str]] = {}
+    for spec in specs:
+        method, colon, setting = spec.partition(":")
+        if not colon or "=" not in setting:
+            raise ConfigError(f"--ids-set {spec!r}: expected METHOD:KEY=VALUE, e.g. lmindexer:num_threads=1")
+        overrides.setdefault(method.strip(), []).append(setting.strip())
+    return overrides
+
+
+def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_presets: Mapping[str, str],
                        ids_overrides: Mapping[str, Sequence[str]], config: FinetuneConfig,
                        split: str = "test", latency_queries: int = 30, progress: bool = True) -> dict[str, Any]:
     """The benchmarks' generative half: for each ID method, learn IDs on the task's documents, fine-tune
@@ -316,7 +349,7 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
         started = time.perf_counter()
         ids_dir = work / f"ids-{method}"
         if not (ids_dir / "ids.jsonl").is_file():
-            learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=ids_preset,
+            learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=ids_presets[method],
                       overrides=list(ids_overrides.get(method, ())), overwrite=True)
         learn_seconds = time.perf_counter() - started
         source = load_id_source(ids_dir)
@@ -335,7 +368,7 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
         finetune_record = json.loads((model_dir / FINETUNE_RECORD).read_text())
         finetune_seconds = float(finetune_record["training"].get("train_seconds", finetune_seconds))
         results[method] = {
-            "ids": {"preset": ids_preset, "overrides": list(ids_overrides.get(method, ())),
+            "ids": {"preset": ids_presets[method], "overrides": list(ids_overrides.get(method, ())),
                     "num_levels": source.num_levels, "codebook_sizes": list(source.codebook_sizes),
                     "counter_size": source.table.counter_size,
                     "collision_rate": metrics.get("collisions", {}).get("collision_rate")},

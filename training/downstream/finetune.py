@@ -66,6 +66,11 @@ class FinetuneConfig:
     doc_as_query: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "Retrieval: add document-as-query (and title-as-query) pairs; 'auto' = when there are fewer "
                 "training queries than documents."})
+    doc_span_queries: int = field(default=0, metadata={
+        "help": "Retrieval, with document-as-query: also this many random word spans of each document as "
+                "pseudo-queries (NCI's DocAsQuery), drawn once from the seed. 0 = none."})
+    doc_span_words: int = field(default=16, metadata={
+        "help": "Words in a span pseudo-query: between half this and this many."})
     max_history: int = field(default=20, metadata={"help": "Recommendation: items of history in the input."})
     train_examples: Literal["prefix", "official"] = field(default="prefix", metadata={
         "help": "Recommendation training pairs: every prefix, or the official code's random windows."})
@@ -90,6 +95,8 @@ class FinetuneConfig:
             raise ConfigError("steps and batch_size must be >= 1")
         if self.max_input_length < 4:
             raise ConfigError("max_input_length must be >= 4")
+        if self.doc_span_queries < 0 or self.doc_span_words < 2:
+            raise ConfigError("doc_span_queries must be >= 0 and doc_span_words >= 2")
         if not 0.0 <= self.cold_start_fraction < 1.0:
             raise ConfigError(f"cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
 

@@ -6,7 +6,9 @@ codebook sizes, corpus path) and, for the lmindexer method, the indexer network 
 - retrieval: each (training query, relevant document) pair is one example; document-as-query
   pairs (the document's own text -> its ID, DSI's "indexing" examples) are added by default when
   the training queries are few, so that every document's ID is seen at least once. On an item
-  catalogue (no queries) the title is a second, shorter query for the item.
+  catalogue (no queries) the title is a second, shorter query for the item. Optionally, random
+  word spans of each document stand in for the queries nobody wrote (NCI's "DocAsQuery"; the
+  document-as-query pair alone shows only the first `max_input_length` tokens of a document).
 - recommendation: P5 leave-one-out (`training.data.amazon.leave_one_out`): the input is the text
   of the user's last `max_history` items, most recent first, joined by ". "; the target is the
   next item's ID.
@@ -117,12 +119,16 @@ def retrieval_examples(
     doc_as_query: bool,
     titles: Mapping[str, str] | None = None,
     cold: Collection[str] = (),
+    span_queries: int = 0,
+    span_words: int = 16,
+    seed: int = 0,
 ) -> list[Example]:
     """Training pairs for retrieval.
 
     queries: query_id -> text (training queries only); qrels: query_id -> doc_id -> gain (> 0 relevant);
     documents: doc_id -> text; id_of: doc_id -> semantic ID. With `doc_as_query`, every warm
-    document adds (its text -> its ID) and, when `titles` has it, (its title -> its ID).
+    document adds (its text -> its ID) and, when `titles` has it, (its title -> its ID), and
+    `span_queries` random spans of it (`document_spans`, seeded by `seed` and the doc_id).
     """
     examples = []
     for query_id, text in queries.items():
@@ -138,7 +144,28 @@ def retrieval_examples(
             title = (titles or {}).get(doc_id)
             if title and title.strip() and title != text:
                 examples.append(Example(title, doc_id, id_of[doc_id]))
+            for span in document_spans(text, span_queries, span_words, random.Random(f"{seed}:{doc_id}")):
+                examples.append(Example(span, doc_id, id_of[doc_id]))
     return examples
+
+
+def document_spans(text: str, count: int, max_words: int, rng: random.Random) -> list[str]:
+    """`count` distinct random spans of `text`, each of between max_words // 2 and `max_words`
+    whitespace-separated words at a uniform start. A text of at most `max_words` words has no
+    span worth adding (the document-as-query pair already is it): [] then."""
+    words = text.split()
+    if count <= 0 or len(words) <= max_words:
+        return []
+    spans: list[str] = []
+    for _ in range(4 * count):  # a few redraws make room for duplicates in short texts
+        length = rng.randint(max(1, max_words // 2), max_words)
+        start = rng.randrange(len(words) - length + 1)
+        span = " ".join(words[start:start + length])
+        if span not in spans:
+            spans.append(span)
+        if len(spans) == count:
+            break
+    return spans
 
 
 def history_input(history_texts: Sequence[str], max_history: int, separator: str = ". ") -> str:
