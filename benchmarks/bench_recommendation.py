@@ -73,8 +73,8 @@ def main() -> None:
     task = beauty_task(dataset, max_history=config.max_history, train_examples=config.train_examples)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ids_presets = ids_presets_for(args.ids_preset, methods)
-    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides_for(args.ids_overrides),
-                                    config, split="test",
+    ids_overrides = ids_overrides_for(args.ids_overrides, methods)
+    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides, config, split="test",
                                     latency_queries=args.latency_queries, progress=False)
 
     data = RecData.from_dataset(dataset)

@@ -71,8 +71,8 @@ def main() -> None:
     task = cranfield_task(data_dir)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ids_presets = ids_presets_for(args.ids_preset, methods)
-    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides_for(args.ids_overrides),
-                                    config, split="test",
+    ids_overrides = ids_overrides_for(args.ids_overrides, methods)
+    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides, config, split="test",
                                     latency_queries=args.latency_queries, progress=False)
     baselines = {}
     baseline_sources = {}

@@ -173,7 +173,9 @@ def test_benchmark_ids_presets_give_every_method_one_preset() -> None:
         ids_presets_for("quick,kmeans=quick", methods)
     with pytest.raises(ConfigError, match="two default presets"):
         ids_presets_for("quick,paper", methods)
-    assert ids_overrides_for(["lmindexer:num_threads=1", "lmindexer:seed=3", "hc:branching=8"]) == {
+    assert ids_overrides_for(["lmindexer:num_threads=1", "lmindexer:seed=3", "hc:branching=8"], methods) == {
         "lmindexer": ["num_threads=1", "seed=3"], "hc": ["branching=8"]}
     with pytest.raises(ConfigError, match="METHOD:KEY=VALUE"):
-        ids_overrides_for(["num_threads=1"])
+        ids_overrides_for(["num_threads=1"], methods)
+    with pytest.raises(ConfigError, match="not one of the methods"):
+        ids_overrides_for(["kmeans:num_threads=1"], methods)

@@ -313,13 +313,17 @@ def ids_presets_for(spec: str, methods: Sequence[str]) -> dict[str, str]:
     return {m: presets.get(m, default or "") for m in methods}
 
 
-def ids_overrides_for(specs: Sequence[str]) -> dict[str, list[str]]:
-    """method -> learn-ids overrides from a benchmark's repeated `--ids-set METHOD:KEY=VALUE`."""
+def ids_overrides_for(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
+    """method -> learn-ids overrides from a benchmark's repeated `--ids-set METHOD:KEY=VALUE`; a METHOD
+    that is not run is an error (it would otherwise be ignored without a word)."""
     overrides: dict[str, list[str]] = {}
     for spec in specs:
         method, colon, setting = spec.partition(":")
         if not colon or "=" not in setting:
             raise ConfigError(f"--ids-set {spec!r}: expected METHOD:KEY=VALUE, e.g. lmindexer:num_threads=1")
+        if method.strip() not in methods:
+            raise ConfigError(f"--ids-set names {method.strip()!r}, which is not one of the methods run "
+                              f"({', '.join(methods)})")
         overrides.setdefault(method.strip(), []).append(setting.strip())
     return overrides
 
