@@ -339,10 +339,8 @@ def finished(run_dir: Path | None) -> bool:
     return bool(torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False).get("done"))
 
 
-def _save(run_dir: Path | None, state: dict[str, Any], context: DistContext) -> None:
-    """Rank 0 writes the checkpoint atomically (a temporary file renamed into place)."""
-    if run_dir is None or not context.is_main:
-        return
+def _write(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write the checkpoint atomically (a temporary file renamed into place)."""
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -350,8 +348,9 @@ def _save(run_dir: Path | None, state: dict[str, Any], context: DistContext) -> 
     tmp.replace(path)
 
 
-def _model_state(model: nn.Module, skip: Callable[[str], bool]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if not skip(k)}
+def _model_state(model: nn.Module, skip: Callable[[str], bool], copy: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict without the `skip` keys; `copy`: cloned (kept while training goes on)."""
+    return {k: v.detach().clone() if copy else v for k, v in model.state_dict().items() if not skip(k)}
 
 
 def _load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], skip: Callable[[str], bool],
@@ -501,14 +500,20 @@ def train(
         _set_rng_state(rng[context.rank] if len(rng) == context.world_size else rng[0])
         logger.info("%s: resuming at step %d (epoch %d, batch %d)", name, step, epoch + 1, index)
 
-    def snapshot(done: bool = False) -> dict[str, Any]:
-        return {"model": _model_state(model, skip), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": _rng_states_of_all_ranks(context), "position": (epoch, index, step),
-                "epoch_sums": dict(sums), "epoch_items": epoch_items, "epoch_seconds": epoch_seconds,
-                "history": history, "step_losses": step_losses, "best": best, "best_epoch": best_epoch,
-                "best_state": best_state, "bad_epochs": bad_epochs, "done": done, "stop_reason": stop_reason,
-                "settings": dataclasses.asdict(settings)}
+    def save_checkpoint(done: bool = False) -> None:
+        """Rank 0 writes the run's state; every rank takes part (the RNG states are gathered)."""
+        if run_dir is None:
+            return
+        rng_states = _rng_states_of_all_ranks(context)
+        if not context.is_main:
+            return
+        _write(run_dir, {
+            "model": _model_state(model, skip), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states,
+            "position": (epoch, index, step), "epoch_sums": dict(sums), "epoch_items": epoch_items,
+            "epoch_seconds": epoch_seconds, "history": history, "step_losses": step_losses, "best": best,
+            "best_epoch": best_epoch, "best_state": best_state, "bad_epochs": bad_epochs, "done": done,
+            "stop_reason": stop_reason, "settings": dataclasses.asdict(settings)})
 
     # -- the loop
     progress = _Progress(name, settings, context, total_steps, step)
@@ -547,7 +552,7 @@ def train(
             if settings.max_steps and step >= settings.max_steps:
                 break
             if settings.checkpoint_every and step % settings.checkpoint_every == 0:
-                _save(run_dir, snapshot(), context)
+                save_checkpoint()
 
         # -- the end of an epoch (or of the run at max_steps): record, hook, evaluation, early stop
         record: dict[str, Any] = {k: v / max(1, epoch_items) for k, v in sums.items()}
@@ -568,7 +573,7 @@ def train(
             if best is None or (value > best if settings.higher_is_better else value < best):
                 best, best_epoch, bad_epochs = value, epoch + 1, 0
                 if settings.patience:
-                    best_state = _model_state(model, skip)
+                    best_state = _model_state(model, skip, copy=True)
             else:
                 bad_epochs += 1
                 if settings.patience and bad_epochs >= settings.patience:
@@ -586,13 +591,13 @@ def train(
             elif settings.time_budget_s and time.perf_counter() - started > settings.time_budget_s:
                 stop_reason = "time_budget"
         if stop_reason is None and settings.checkpoint_epochs:
-            _save(run_dir, snapshot(), context)
+            save_checkpoint()
     progress.close()
 
     if best_state is not None:
         _load_model_state(model, best_state, skip, f"{name} (best epoch)")
         best_state = None
-    _save(run_dir, snapshot(done=True), context)
+    save_checkpoint(done=True)
     model.eval()
     seconds = time.perf_counter() - started
     logger.info("%s: %d steps, %d epochs in %.1f s (%s)", name, step, epoch, seconds, stop_reason)

@@ -113,10 +113,10 @@ def test_folded_decode_equals_network_decode() -> None:
     mask[1, 6:] = 0
     vectors = network.embed_codes(torch.tensor([[[1, 2], [3, 4]], [[5, 6], [7, 0]], [[2, 2], [1, 1]]]))
     network.eval()
-    torch.testing.assert_close(network.decode_folded(states, mask, vectors), network.decode(states, mask, vectors),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(network.decode(states, mask, vectors, folded=True),
+                               network.decode(states, mask, vectors), atol=2e-5, rtol=1e-4)
     network.train()  # same dropout draws in the same order
     torch.manual_seed(5)
-    fast = network.decode_folded(states, mask, vectors)
+    fast = network.decode(states, mask, vectors, folded=True)
     torch.manual_seed(5)
     torch.testing.assert_close(fast, network.decode(states, mask, vectors), atol=2e-5, rtol=1e-4)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
@@ -82,8 +83,14 @@ class DecoderLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, ff_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_size, d))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, W, P, d) decoder states; memory (B, S, d); memory_mask (B, S) bool -> (B, W, P, d)."""
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                folded: bool = False) -> torch.Tensor:
+        """x (B, W, P, d) decoder states; memory (B, S, d); memory_mask (B, S) bool -> (B, W, P, d).
+
+        folded: the same numbers with the cross-attention's key / value projections folded into the
+        queries (attention.absorbed_attention), O(W P (d^2 + S d)) instead of O(S d^2) per query: far
+        less when a few positions read many encoder states, as while indexing.
+        """
         b, w, p, d = x.shape
         # Self-attention: each beam is its own causal sequence of P positions.
         flat = x.reshape(b * w, p, d)
@@ -94,27 +101,13 @@ class DecoderLayer(nn.Module):
         # Cross-attention: all W*P positions of a query attend to that query's S encoder states.
         x = flat.reshape(b, w * p, d)
         q = self.cross_q(self.cross_norm(x))  # (B, W*P, d)
-        k, v = self.cross_kv(memory).chunk(2, dim=-1)  # (B, S, d) each, once per query
-        attended = attention(q, k, v, memory_mask.view(b, 1, 1, -1), self.num_heads)
-        x = x + self.dropout(self.cross_out(attended))
-        x = x + self.dropout(self.ff(self.ff_norm(x)))
-        return x.reshape(b, w, p, d)
-
-    def forward_folded(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """Exactly `forward` (same weights, same dropout draws), with the cross-attention's key / value
-        projections folded into the queries (attention.absorbed_attention): O(P d^2 + P S d) instead of
-        O(S d^2) per query, far less when W * P positions read S >> P encoder states (indexing).
-        x (B, W, P, d); memory (B, S, d); memory_mask (B, S) bool -> (B, W, P, d)."""
-        b, w, p, d = x.shape
-        flat = x.reshape(b * w, p, d)
-        q, k, v = self.self_qkv(self.self_norm(flat)).chunk(3, dim=-1)
-        causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()  # (P, P)
-        flat = flat + self.dropout(self.self_out(attention(q, k, v, causal.view(1, 1, p, p), self.num_heads)))
-        x = flat.reshape(b, w * p, d)
-        q = self.cross_q(self.cross_norm(x))  # (B, W*P, d)
-        weight, bias = self.cross_kv.weight, self.cross_kv.bias  # (2d, d), (2d,): keys then values
-        attended = absorbed_attention(q, memory, weight[:d], weight[d:], bias[d:], memory_mask.view(b, 1, 1, -1),
-                                      self.num_heads)
+        if folded:
+            weight, bias = self.cross_kv.weight, self.cross_kv.bias  # (2d, d), (2d,): keys then values
+            attended = absorbed_attention(q, memory, weight[:d], weight[d:], bias[d:], memory_mask.view(b, 1, 1, -1),
+                                          self.num_heads)
+        else:
+            k, v = self.cross_kv(memory).chunk(2, dim=-1)  # (B, S, d) each, once per query
+            attended = attention(q, k, v, memory_mask.view(b, 1, 1, -1), self.num_heads)
         x = x + self.dropout(self.cross_out(attended))
         x = x + self.dropout(self.ff(self.ff_norm(x)))
         return x.reshape(b, w, p, d)
@@ -185,12 +178,14 @@ class SemanticIdNetwork(nn.Module):
         return self.codebooks[levels, codes]
 
     def decode(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor,
-               code_vectors: torch.Tensor) -> torch.Tensor:
+               code_vectors: torch.Tensor, folded: bool = False) -> torch.Tensor:
         """Decoder states for every position.
 
         encoder_states (B, S, d); attention_mask (B, S); code_vectors (B, W, t, d), the input vectors of
         the t codes chosen so far (embed_codes, or the quantised vectors while indexing).
-        Returns (B, W, t + 1, d): position j holds h^j, the state that predicts level j.
+        Returns (B, W, t + 1, d): position j holds h^j, the state that predicts level j. folded: the
+        same, computed with folded cross-attention (DecoderLayer.forward): 20-40x less decoder work
+        while indexing, where t + 1 <= L + 1 positions read S encoder states.
         """
         b, w, t, d = code_vectors.shape
         start = self.start.view(1, 1, 1, d).expand(b, w, 1, d)
@@ -198,20 +193,7 @@ class SemanticIdNetwork(nn.Module):
         x = x + self.position.weight[: t + 1].view(1, 1, t + 1, d)
         memory_mask = attention_mask.bool()
         for layer in self.layers:
-            x = layer(x, encoder_states, memory_mask)
-        return self.final_norm(x)
-
-    def decode_folded(self, encoder_states: torch.Tensor, attention_mask: torch.Tensor,
-                      code_vectors: torch.Tensor) -> torch.Tensor:
-        """Exactly `decode` (same weights, same dropout draws; shapes as there), computed with the
-        cross-attention folded (DecoderLayer.forward_folded): 20-40x less decoder work while indexing,
-        where t + 1 <= L + 1 query positions read S encoder states."""
-        b, w, t, d = code_vectors.shape
-        start = self.start.view(1, 1, 1, d).expand(b, w, 1, d)
-        x = torch.cat([start, code_vectors], dim=2) + self.position.weight[: t + 1].view(1, 1, t + 1, d)
-        memory_mask = attention_mask.bool()
-        for layer in self.layers:
-            x = layer.forward_folded(x, encoder_states, memory_mask)
+            x = layer(x, encoder_states, memory_mask, folded)
         return self.final_norm(x)
 
     def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
@@ -272,8 +254,6 @@ class SemanticIdNetwork(nn.Module):
 
     def save(self, directory: str | Path) -> None:
         """Write network.json (config and encoder architecture) and model.safetensors into `directory`."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"network": dataclasses.asdict(self.config), "encoder_config": self.encoder.config.to_dict()}
@@ -289,8 +269,6 @@ class SemanticIdNetwork(nn.Module):
     def load(cls, directory: str | Path, **overrides: object) -> SemanticIdNetwork:
         """Rebuild a saved network. `overrides` change NetworkConfig fields (e.g. a larger counter_size);
         tensors whose shape changed are kept where they overlap and freshly initialised elsewhere."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         payload = json.loads((directory / CONFIG_FILE).read_text())
         config = build_config(NetworkConfig, {**payload["network"], **overrides}, source=str(directory))

@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,13 +39,11 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from training.config import config_to_dict
+from training.data.corpus import Document
 from training.errors import ConfigError
 from training.indexing.embedding_cache import EmbeddingSettings
 from training.indexing.learning import LearnedCodes
 from training.loop import LoopSettings, distributed_context, shard, train
-
-if TYPE_CHECKING:
-    from training.data.corpus import Document
 
 logger = logging.getLogger(__name__)
 

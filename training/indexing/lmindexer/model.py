@@ -121,7 +121,7 @@ class IndexerModel(nn.Module):
         ids, mask, states = self.encoder_states.states(rows, self.corpus, self.device)
         codes = torch.as_tensor(earlier, device=self.device)  # (B, t)
         vectors = self.network.embed_codes(codes)[:, None]  # (B, 1, t, d)
-        hidden = self.network.decode_folded(states, mask, vectors)[:, 0]  # (B, t+1, d)
+        hidden = self.network.decode(states, mask, vectors, folded=True)[:, 0]  # (B, t+1, d)
         return ids, mask, hidden
 
     def id_vectors(self, hidden: torch.Tensor, earlier: np.ndarray, spec: StageSpec) -> torch.Tensor:

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_mutual_info_score
 
 from training.config import config_to_dict
+from training.data.corpus import Document
 from training.indexing.diagnostics import code_perplexity, same_prefix_diff_ratio
 from training.indexing.learning import LearnedCodes
 from training.indexing.lmindexer.config import LMIndexerConfig
@@ -33,9 +34,6 @@ from training.indexing.lmindexer.model import DocumentBatch, IndexerModel, Stage
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
 from training.indexing.reconstructor import Reconstructor
 from training.loop import DistContext, LoopSettings, distributed_context, finished, seed_everything, shard, train
-
-if TYPE_CHECKING:
-    from training.data.corpus import Document
 
 logger = logging.getLogger(__name__)
 
