@@ -33,11 +33,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     manifest = build_demo(args.out, config, overwrite=args.overwrite, keep_work=args.keep_work,
                           progress=not args.no_progress)
-    ids = manifest["semantic_ids"]
-    print(f"bundle {args.out}: {manifest['num_documents']} documents, models {', '.join(manifest['models'])}, "
-          f"L={ids['num_levels']} K={ids['codebook_size']} counter {ids['counter_size']}, "
-          f"IDs from {manifest['training_config']['ids']['method']}; {time.perf_counter() - started:.0f} s")
-    for name, figures in manifest["onnx_parity"].items():
-        print(f"  {name}: ONNX max |diff| {figures['max_abs_diff']:.2e}, top-10 identical {figures['top10_identical']}")
+    ids = manifest.semantic_ids
+    print(f"bundle {args.out}: {manifest.num_documents} documents, models {', '.join(manifest.models)}, "
+          f"L={ids.num_levels} K={list(ids.codebook_size_per_level)} counter {ids.counter_size}, "
+          f"IDs from {manifest.training_config['ids']['method']}; {time.perf_counter() - started:.0f} s")
+    for name, entry in manifest.models.items():
+        if entry.parity is not None:
+            print(f"  {name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, "
+                  f"top-10 identical {entry.parity.top_k_identical}")
     print(f"  {int8_summary(manifest)}")
     return 0

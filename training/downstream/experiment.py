@@ -397,9 +397,10 @@ def _latency(task: Task, model_dir: Path, split: str, count: int) -> dict[str, A
     """Per-query latency at beam 20 of one fine-tuned model, torch vs onnxruntime, on the CPU."""
     import torch
 
+    from bundle import OnnxRunner, TextTokenizer
     from training.downstream.evaluate import TorchModel, per_query_latency
-    from training.downstream.export import OnnxModel, export_onnx
-    from training.encoder import load_tokenizer
+    from training.downstream.export import export_onnx
+    from training.encoder import load_tokenizer, resolve_encoder_path
     from training.indexing.id_table import read_ids_jsonl
     from trie import SemanticIdTrie
 
@@ -408,8 +409,12 @@ def _latency(task: Task, model_dir: Path, split: str, count: int) -> dict[str, A
     trie = SemanticIdTrie.build(table.semantic_ids, codebook_sizes=list(network.config.codebook_sizes))
     tokenizer = load_tokenizer(network.config.encoder)
     torch_model = TorchModel(network, tokenizer, config.max_input_length, device="cpu")
-    export_onnx(network, model_dir / "onnx")
-    onnx_model = OnnxModel(model_dir / "onnx", tokenize=torch_model.tokenize, threads=torch.get_num_threads())
+    files = export_onnx(network, model_dir / "onnx")
+    onnx_model = OnnxRunner(model_dir / "onnx" / files["encoder"], model_dir / "onnx" / files["decoder_step"],
+                            TextTokenizer(resolve_encoder_path(network.config.encoder) / "tokenizer.json",
+                                          config.max_input_length),
+                            network.config.codebook_sizes, name=record["method"],
+                            intra_op_threads=torch.get_num_threads())
     texts = task.eval_sets[split].texts[:count]
     return {"model": record["method"], "torch_threads": torch.get_num_threads(),
             "torch": per_query_latency(torch_model, texts, trie),
