@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from training.downstream.demo import build_demo, load_demo_config
-    from training.downstream.export import int8_summary
+    from training.downstream.export import parity_summary
 
     config = load_demo_config(args.preset, args.overrides)
     started = time.perf_counter()
@@ -37,9 +37,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"bundle {args.out}: {manifest.num_documents} documents, models {', '.join(manifest.models)}, "
           f"L={ids.num_levels} K={list(ids.codebook_size_per_level)} counter {ids.counter_size}, "
           f"IDs from {manifest.training_config['ids']['method']}; {time.perf_counter() - started:.0f} s")
-    for name, entry in manifest.models.items():
-        if entry.parity is not None:
-            print(f"  {name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, "
-                  f"top-10 identical {entry.parity.top_k_identical}")
-    print(f"  {int8_summary(manifest)}")
+    for line in parity_summary(manifest):
+        print(f"  {line}")
     return 0

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bundle import HistorySpec
     from training.downstream.experiment import final_ids, load_finetuned, load_task
-    from training.downstream.export import BundleModel, export_bundle, int8_summary
+    from training.downstream.export import BundleModel, export_bundle, parity_summary
     from training.downstream.finetune import load_indexer_network
     from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
     from training.encoder import load_tokenizer
@@ -101,9 +101,6 @@ def run(args: argparse.Namespace) -> int:
                              evaluation=evaluation, training_config=training_config, overwrite=args.overwrite,
                              indexer_int8=args.indexer_int8, indexer_int8_min_agreement=args.indexer_int8_min_agreement)
     print(f"bundle {args.out}: {manifest.num_documents} documents, models {', '.join(manifest.models)}")
-    for model_name, entry in manifest.models.items():
-        if entry.parity is not None:
-            print(f"  {model_name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, "
-                  f"top-10 identical {entry.parity.top_k_identical}")
-    print(f"  {int8_summary(manifest)}")
+    for line in parity_summary(manifest):
+        print(f"  {line}")
     return 0

@@ -265,6 +265,14 @@ def write_int8_encoder(directory: Path, texts: Sequence[str], tokenizer: TextTok
     return Int8Encoder(file=INT8_ENCODER, agreement=best, skipped=None)
 
 
+def parity_summary(manifest: BundleManifest) -> list[str]:
+    """Lines for the CLI: each model's ONNX parity figures and its input length, then the int8 encoder's."""
+    lines = [f"{name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, top-{entry.parity.top_k} identical "
+             f"{entry.parity.top_k_identical}; inputs cut at {entry.max_input_length} tokens"
+             for name, entry in manifest.models.items() if entry.parity is not None]
+    return [*lines, int8_summary(manifest)]
+
+
 def int8_summary(manifest: BundleManifest) -> str:
     """One line on the indexer's int8 encoder of a manifest: written or not, and its agreement."""
     entry = manifest.models["indexer"]
