@@ -69,17 +69,24 @@ def next_free_id(trie: SemanticIdTrie, learned: Sequence[int], alternatives: Seq
     Raises CounterExhaustedError naming the prefixes tried when every counter under each is used.
     """
     learned = tuple(int(c) for c in learned)
-    counter_size = trie.codebook_sizes[-1]
     candidates = list(dict.fromkeys([learned[-1], *(int(c) for c in alternatives)]))[:FALLBACK_PREFIXES]
     prefixes = [(*learned[:-1], last) for last in candidates]
-    used = trie.allowed_mask(np.asarray(prefixes, dtype=np.int64))  # (P, counter_size): counters in the trie
-    for prefix, in_trie in zip(prefixes, used, strict=True):
-        for counter in np.flatnonzero(~in_trie).tolist():
-            if (*prefix, counter) not in taken:
-                return (*prefix, counter)
+    for prefix in prefixes:  # one trie lookup per prefix tried: nearly always only the greedy one
+        semantic_id = _first_free(prefix, trie.allowed_mask(np.asarray([prefix], dtype=np.int64))[0], taken)
+        if semantic_id is not None:
+            return semantic_id
     raise CounterExhaustedError(
-        f"no free counter (counter_size {counter_size}) under the learned prefix {learned} nor under its "
-        f"{len(prefixes) - 1} fallback prefix(es) {prefixes[1:]}")
+        f"no free counter (counter_size {trie.codebook_sizes[-1]}) under the learned prefix {learned} nor under "
+        f"its {len(prefixes) - 1} fallback prefix(es) {prefixes[1:]}")
+
+
+def _first_free(prefix: tuple[int, ...], in_trie: np.ndarray,
+                taken: Collection[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """``prefix`` + its smallest counter neither in the trie (``in_trie``: bool (counter_size,)) nor taken."""
+    for counter in np.flatnonzero(~in_trie).tolist():
+        if (*prefix, counter) not in taken:
+            return (*prefix, counter)
+    return None
 
 
 def assign_ids(trie: SemanticIdTrie, learned: np.ndarray, alternatives: np.ndarray | None = None) -> np.ndarray:
@@ -91,9 +98,14 @@ def assign_ids(trie: SemanticIdTrie, learned: np.ndarray, alternatives: np.ndarr
     learned = np.asarray(learned, dtype=np.int64).reshape(len(learned), trie.depth - 1)
     ids = np.zeros((len(learned), trie.depth), dtype=np.int64)
     taken: set[tuple[int, ...]] = set()
-    for i, codes in enumerate(learned):
-        fallback = () if alternatives is None else alternatives[i].tolist()
-        semantic_id = next_free_id(trie, codes.tolist(), fallback, taken)
+    # The greedy prefixes' counters in one vectorised lookup (M, counter_size); next_free_id only for the
+    # documents whose greedy prefix is full (it then tries the fallback prefixes).
+    used = trie.allowed_mask(learned) if len(learned) else np.zeros((0, trie.codebook_sizes[-1]), dtype=bool)
+    for i, codes in enumerate(learned.tolist()):
+        semantic_id = _first_free(tuple(codes), used[i], taken)
+        if semantic_id is None:
+            fallback = () if alternatives is None else alternatives[i].tolist()
+            semantic_id = next_free_id(trie, codes, fallback, taken)
         taken.add(semantic_id)
         ids[i] = semantic_id
     return ids
