@@ -41,10 +41,10 @@ class SemanticIdSpec:
 
     def __post_init__(self) -> None:
         if self.num_levels < 1 or len(self.codebook_size_per_level) != self.num_levels:
-            raise BundleError(f"semantic_ids: codebook_size_per_level {list(self.codebook_size_per_level)} must "
-                              f"hold num_levels = {self.num_levels} sizes")
+            raise BundleError(f"codebook_size_per_level {list(self.codebook_size_per_level)} must hold "
+                              f"num_levels = {self.num_levels} sizes")
         if min(self.codebook_size_per_level) < 1 or self.counter_size < 1:
-            raise BundleError("semantic_ids: every size must be >= 1")
+            raise BundleError("every size must be >= 1")
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
@@ -69,7 +69,7 @@ class HistorySpec:
 
     def __post_init__(self) -> None:
         if self.max_items < 1:
-            raise BundleError(f"history.max_items must be >= 1, got {self.max_items}")
+            raise BundleError(f"max_items must be >= 1, got {self.max_items}")
 
     def text(self, texts: Sequence[str]) -> str:
         """The input text of a history given oldest first."""
@@ -106,7 +106,7 @@ class Int8Encoder:
 
     def __post_init__(self) -> None:
         if (self.file is None) == (self.skipped is None):
-            raise BundleError("int8_encoder: exactly one of file and skipped must be set")
+            raise BundleError("exactly one of file and skipped must be set")
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,11 @@ def _decode(cls: type, data: Any, where: str) -> Any:
         if name not in names:
             raise BundleError(f"unknown key {_key(where, name)!r}")
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _value(hints[name], data[name], _key(where, name)) for name in names})
+    values = {name: _value(hints[name], data[name], _key(where, name)) for name in names}
+    try:
+        return cls(**values)
+    except BundleError as exc:  # a rule of the class itself (__post_init__): say where
+        raise BundleError(f"{where}: {exc}" if where else str(exc)) from None
 
 
 def _model_entry(data: Any, where: str) -> ModelEntry:

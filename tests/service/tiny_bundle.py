@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import bundle.manifest as manifest_module
 from bundle import (
     FORMAT_VERSION,
     BundleManifest,
@@ -233,11 +234,14 @@ def build_tiny_bundle(out_dir: Path, num_documents: int = 300, *, extra_random_i
 
 
 def cached_tiny_bundle(cache_root: Path | None = None) -> Path:
-    """The tiny bundle, built once per version of this file under .cache/ (exporting takes ~10 s)."""
+    """The tiny bundle, built once per version of this file and of the manifest format under .cache/
+    (exporting takes ~10 s)."""
     import hashlib
     import tempfile
 
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    # This file and the format it writes (bundle/manifest.py): either changing builds a fresh bundle.
+    sources = (Path(__file__), Path(manifest_module.__file__))
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
     root = cache_root or Path(__file__).resolve().parents[2] / ".cache"
     target = root / f"tiny-bundle-{digest}"
     if (target / "manifest.json").is_file():

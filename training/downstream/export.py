@@ -16,8 +16,8 @@ of its encoder for the service's POST /index-documents (about twice the document
 VNNI). It cannot pass the fp32 rule, so it has its own: on the indexer's parity inputs, the greedy
 codes through the int8 encoder (same decoder_step graph) must equal those through the fp32 encoder
 for at least `indexer_int8_min_agreement` of the inputs (whole learned prefix); per-level and prefix
-agreement go into the manifest (`models.indexer.int8_agreement`), and a graph below the minimum is
-not written (`models.indexer.int8_skipped` says why).
+agreement go into the manifest (`models.indexer.int8_encoder.agreement`), and a graph below the minimum
+is not written (`models.indexer.int8_encoder.skipped` says why).
 
 The bundle is built in a hidden staging directory beside `out_dir` and renamed into place only
 when everything, parity included, succeeded: a failed export leaves nothing at `out_dir`.
