@@ -7,7 +7,9 @@ everything, so a reader never guesses (docs/bundle.md is the format's page).
 
 One entry per model under ``models``, keyed by its role (indexer, retriever, recommender) and typed by
 its ``kind``: ``MODEL_KINDS`` maps each kind to its entry class. A model of another shape (say, a
-sequence model over item vectors) is one more entry class with its own ``kind`` added there.
+sequence model over item vectors) is one more frozen dataclass here, with ``kind: Literal["<its kind>"]``,
+its files and settings as typed fields, and a ``files()`` method; add it to ``ModelEntry`` and
+``MODEL_KINDS``, and from_json / to_json handle it with no other change.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The engine: search, recommend, index documents, look documents up. No HTTP here.
 
-Request flow (docs/service.md has the picture):
+Request flow (service/README.md has the picture):
     route -> Engine.search -> CachedRanker.rank (Redis, keyed by index version)
           -> ModelRanker.rank -> MicroBatcher.submit -> worker thread:
-             encoder once per query, then trie.constrained_beam_search with the decoder as step_fn
+             encoder once per query (bundle.OnnxRunner), then trie.constrained_beam_search with
+             OnnxRunner.step_fn (the live beams grouped per query, one decoder call per level)
 Blocking work (onnxruntime, beam search, SQLite) runs only in worker threads.
 """
 
@@ -34,6 +35,7 @@ from service.telemetry import Metrics
 from trie import FALLBACK_PREFIXES, constrained_beam_search
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Ranking:
@@ -287,7 +289,8 @@ class Engine:
                 raise BadRequestError("history_texts must not hold empty or whitespace-only texts")
         if self._history is None:
             raise NotFoundError("this bundle has no recommender model; POST /recommend is not available")
-        return self._history.text([normalise_text(t) for t in texts]), warnings
+        kept = texts[-self._history.max_items:]  # the rule keeps these; normalise only them
+        return self._history.text([normalise_text(t) for t in kept]), warnings
 
     async def recommend(self, history: list[str] | None, history_texts: list[str] | None, k: int) -> SearchOutcome:
         """The top-k next items for a user's history (recommender model)."""
