@@ -24,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.components import Components
 from service.errors import OverloadedError, ServiceError
 from service.logs import request_id_var
-from service.metrics import Metrics
 from service.routes import router
 from service.settings import ServiceSettings, unknown_environment_keys
+from service.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")

@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse
 from service.components import Components
 from service.engine import Engine, SearchOutcome
 from service.errors import NotReadyError, UnauthorizedError
-from service.metrics import CONTENT_TYPE
 from service.schemas import (
     DocumentResponse,
     ErrorResponse,
@@ -27,6 +26,7 @@ from service.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from service.telemetry import CONTENT_TYPE
 
 router = APIRouter()
 

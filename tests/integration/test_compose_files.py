@@ -337,13 +337,13 @@ def test_training_image_has_torch_the_train_extra_and_the_cli() -> None:
     entrypoint = json.loads(stages[-1].all("ENTRYPOINT")[-1])
     assert entrypoint == ["lmindexer"] and "lmindexer" in PYPROJECT["project"]["scripts"]
     copied = {c.split()[0] for c in stages[-1].all("COPY")}
-    assert {"training", "trie", "data"} <= copied, "the readers find data/ next to the code"
+    assert {"training", "trie", "bundle", "data"} <= copied, "the readers find data/ next to the code"
 
 
 def test_dockerignore_keeps_data_and_local_state_out_of_the_build() -> None:
     for path in (".git", ".venv", "bundles", "runs", "var", "service/__pycache__", ".env"):
         assert is_dockerignored(path), f".dockerignore must exclude {path}"
-    for path in ("pyproject.toml", "README.md", "service", "trie", "lmindexer", "training", "data"):
+    for path in ("pyproject.toml", "README.md", "service", "trie", "bundle", "lmindexer", "training", "data"):
         assert not is_dockerignored(path), f".dockerignore must keep {path} (the images copy it)"
 
 

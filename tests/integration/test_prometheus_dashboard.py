@@ -29,7 +29,7 @@ import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
-from service.metrics import Metrics
+from service.telemetry import Metrics
 from tests.integration.conftest import (
     API_KEY,
     REPO,
@@ -237,7 +237,7 @@ def scraped(replicas: list[Replica], prometheus: Prometheus, integration_bundle:
 
 
 def exported_sample_names() -> set[str]:
-    """Every sample name the service can export (service/metrics.py), with the type's suffixes."""
+    """Every sample name the service can export (service/telemetry.py), with the type's suffixes."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names = set()
     family: Metric
@@ -273,7 +273,7 @@ def test_dashboard_names_only_metrics_the_service_exports() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     used = {name for _, expr in dashboard_queries(dashboard) for name in re.findall(r"\blmindexer_\w+", expr)}
     unknown = used - exported_sample_names()
-    assert not unknown, f"the dashboard queries metrics that service/metrics.py does not export: {sorted(unknown)}"
+    assert not unknown, f"the dashboard queries metrics that service/telemetry.py does not export: {sorted(unknown)}"
     families = {n.rsplit("_", 1)[0] if n.endswith(("_bucket", "_sum", "_count")) else n for n in used}
     for required in ("lmindexer_requests_total", "lmindexer_request_duration_seconds",
                      "lmindexer_queue_wait_seconds", "lmindexer_inference_duration_seconds", "lmindexer_batch_size",

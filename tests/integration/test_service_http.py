@@ -27,7 +27,7 @@ import httpx
 import pytest
 import redis
 
-from service.bundle import load_documents, load_manifest
+from bundle import Bundle
 from service.index import LiveIndex
 from service.store import DocumentStore
 from tests.service.processes import RedisServer, ServiceProcess
@@ -75,11 +75,11 @@ def machine_redis() -> Iterator[str]:
 
 
 def _reopen_index(bundle_dir: Path, store_path: Path) -> LiveIndex:
-    manifest = load_manifest(bundle_dir)
-    table = load_documents(manifest)
-    store = DocumentStore(store_path, bundle_fingerprint=manifest.fingerprint, first_row=len(table),
-                          index_version=manifest.index_version)
-    return LiveIndex(table, SemanticIdTrie.load(manifest.trie), store, counter_size=manifest.codebook_sizes[-1])
+    bundle = Bundle.open(bundle_dir)
+    table = bundle.documents()
+    store = DocumentStore(store_path, bundle_fingerprint=bundle.fingerprint, first_row=len(table),
+                          index_version=bundle.manifest.index_version)
+    return LiveIndex(table, SemanticIdTrie.load(bundle.trie_path), store)
 
 
 def _ranked(response: httpx.Response) -> list[tuple[str, tuple[int, ...]]]:
@@ -88,7 +88,7 @@ def _ranked(response: httpx.Response) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def test_search_recommend_index_and_restart(demo_bundle: Path, tmp_path: Path, machine_redis: str) -> None:
-    documents = load_documents(load_manifest(demo_bundle))
+    documents = Bundle.open(demo_bundle).documents()
     bundle_doc_ids = documents.doc_ids
     assert NEW_DOCUMENT["doc_id"] not in bundle_doc_ids and NEW_DOCUMENT["text"] not in documents.texts
     assert NEW_DOCUMENT_QUERY not in NEW_DOCUMENT["text"]
