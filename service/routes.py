@@ -1,13 +1,13 @@
 """The HTTP routes: validate, call the engine, frame the answer. No model, store or Redis code here.
 
-Search answers are framed from the ranking's JSON bytes (which the cache stores as is) rather than
-re-validated through pydantic: the response models still document the shape in the OpenAPI schema.
+The response models of service.schemas are both what OpenAPI shows and what is sent: search answers
+and documents are encoded by service.schemas' encoders (from the ranking's hits, encoded once when
+ranked and cached as bytes), the other answers by FastAPI from the same models.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from typing import Annotated, Any
 
@@ -26,6 +26,7 @@ from service.schemas import (
     RecommendRequest,
     SearchRequest,
     SearchResponse,
+    encode_search_response,
 )
 
 router = APIRouter()
@@ -74,10 +75,9 @@ async def require_api_key(request: Request, authorization: Annotated[str | None,
 
 def _ranking_response(outcome: SearchOutcome, started: float) -> Response:
     ranking = outcome.ranking
-    tail = json.dumps({"index_version": ranking.index_version,
-                       "took_ms": round((time.perf_counter() - started) * 1000, 3),
-                       "cached": ranking.cached, "warnings": outcome.warnings})
-    body = b'{"results":' + ranking.results_json + b"," + tail[1:].encode()
+    body = encode_search_response(ranking.results_json, index_version=ranking.index_version,
+                                  took_ms=round((time.perf_counter() - started) * 1000, 3),
+                                  cached=ranking.cached, warnings=outcome.warnings)
     return Response(content=body, media_type="application/json")
 
 
@@ -112,10 +112,11 @@ async def index_documents(body: IndexDocumentsRequest, engine: EngineDep) -> Ind
          "index_version": outcome.index_version})
 
 
-@router.get("/documents/{doc_id}", response_model=DocumentResponse, tags=["documents"],
+@router.get("/documents/{doc_id:path}", response_model=DocumentResponse, tags=["documents"],
             responses={404: {"model": ErrorResponse, "description": "Unknown doc_id"}})
 async def get_document(doc_id: str, engine: EngineDep) -> Response:
-    """A document (text, metadata, semantic ID) by doc_id."""
+    """A document (text, metadata, semantic ID) by doc_id, percent-encoded in the path; a '/' in it may
+    be sent as %2F or as is (the route takes the rest of the path)."""
     return Response(content=await engine.document_json(doc_id), media_type="application/json")
 
 
