@@ -92,6 +92,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's 400 "error parsing the body"
+            where = exc.__cause__.start
+            message = f"the request body is not valid JSON: byte {where} is not {exc.__cause__.encoding}"
+            return _error_response(app, 422, message, "validation_error", [
+                {"loc": ["body"], "msg": message, "type": "invalid_encoding", "position": where}])
         error_type = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
                       413: "payload_too_large"}.get(
             exc.status_code, "http_error")

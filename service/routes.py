@@ -11,7 +11,7 @@ import hmac
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.components import Components
@@ -19,6 +19,7 @@ from service.engine import Engine, SearchOutcome
 from service.errors import NotReadyError, UnauthorizedError
 from service.metrics import CONTENT_TYPE
 from service.schemas import (
+    DOC_ID_RULE,
     DocumentResponse,
     ErrorResponse,
     IndexDocumentsRequest,
@@ -33,7 +34,9 @@ router = APIRouter()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
-    for status, description in ((422, "Invalid request"), (429, "Queue full: retry after Retry-After seconds"),
+    for status, description in ((400, "The body could not be parsed (e.g. numbers over 4300 digits, nesting over "
+                                      "Python's recursion limit)"),
+                                (422, "Invalid request"), (429, "Queue full: retry after Retry-After seconds"),
                                 (503, "Not ready"))
 }
 
@@ -114,7 +117,8 @@ async def index_documents(body: IndexDocumentsRequest, engine: EngineDep) -> Ind
 
 @router.get("/documents/{doc_id:path}", response_model=DocumentResponse, tags=["documents"],
             responses={404: {"model": ErrorResponse, "description": "Unknown doc_id"}})
-async def get_document(doc_id: str, engine: EngineDep) -> Response:
+async def get_document(doc_id: Annotated[str, Path(description="The doc_id, percent-encoded. " + DOC_ID_RULE)],
+                       engine: EngineDep) -> Response:
     """A document (text, metadata, semantic ID) by doc_id, percent-encoded in the path; a '/' in it may
     be sent as %2F or as is (the route takes the rest of the path)."""
     return Response(content=await engine.document_json(doc_id), media_type="application/json")

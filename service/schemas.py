@@ -51,12 +51,16 @@ K = Annotated[int, Field(10, ge=1, le=100, description="How many results (1..100
 # Metadata nesting limit: deeper values could not be encoded again (the JSON encoders recurse).
 MAX_METADATA_DEPTH = 32
 
-# Lone surrogates (not Unicode scalar values) and the C0/C1 controls other than \t \n \r.
-_FORBIDDEN_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# The C0/C1 controls other than \t \n \r; and lone surrogates (not Unicode scalar values).
+_CONTROLS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_FORBIDDEN_IN_TEXT = re.compile(f"[{_CONTROLS}\ud800-\udfff]")
+# The text rule in the OpenAPI schema, as far as a JSON Schema pattern can say it (a JSON string holds no
+# lone surrogate): documentation and test generation only; _FORBIDDEN_IN_TEXT is what is enforced.
+TEXT_PATTERN = "^[^" + "".join(c if c == "-" else f"\\u{ord(c):04x}" for c in _CONTROLS) + "]*$"
 
-TEXT_RULE = ("valid Unicode (no lone surrogate) without control characters other than tab, line feed and "
+TEXT_RULE = ("Text rule: valid Unicode (no lone surrogate), no control character other than tab, line feed and "
              "carriage return")
-DOC_ID_RULE = ("1-512 printable characters (no control, format, surrogate, private-use, unassigned or "
+DOC_ID_RULE = ("doc_id rule: 1-512 printable characters (no control, format, surrogate, private-use, unassigned or "
                "separator character other than the ASCII space), no leading or trailing space; '/' only "
                "between segments that are neither empty nor '.' nor '..'. Read it back at GET "
                "/documents/{doc_id} with the doc_id percent-encoded ('/' as %2F or as is).")
@@ -152,8 +156,8 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-Text = Annotated[StrictStr, BeforeValidator(_check_text)]
-DocId = Annotated[StrictStr, Field(min_length=1, max_length=512, description="The document's external key: "
+Text = Annotated[StrictStr, BeforeValidator(_check_text), Field(json_schema_extra={"pattern": TEXT_PATTERN})]
+DocId = Annotated[StrictStr, Field(min_length=1, max_length=512, description="The document's external key. "
                                    + DOC_ID_RULE), BeforeValidator(_check_doc_id)]
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_check_metadata)]
 
@@ -169,7 +173,7 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: Text = Field(description="The query text (at most max_query_chars characters; " + TEXT_RULE + ").")
+    query: Text = Field(description="The query text (at most max_query_chars characters). " + TEXT_RULE + ".")
     k: K = 10
 
     @field_validator("query")
@@ -187,8 +191,8 @@ class RecommendRequest(BaseModel):
         None, description="doc_ids of the user's items, oldest first (as clients keep them). Unknown "
                           "doc_ids are skipped and named in `warnings`; 404 when none is known.")
     history_texts: list[Text] | None = Field(
-        None, description="Texts of the user's items, oldest first, for items the index does not hold ("
-                          + TEXT_RULE + ").")
+        None, description="Texts of the user's items, oldest first, for items the index does not hold. "
+                          + TEXT_RULE + ".")
     k: K = 10
 
 
@@ -226,9 +230,9 @@ class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     doc_id: DocId
-    text: Text = Field(min_length=1, description="The text the models read (" + TEXT_RULE + ").")
-    metadata: Metadata = Field(None, description="Any JSON object (finite numbers, strings that are " + TEXT_RULE
-                               + f", at most {MAX_METADATA_DEPTH} levels deep); returned with the document.")
+    text: Text = Field(min_length=1, description="The text the models read. " + TEXT_RULE + ".")
+    metadata: Metadata = Field(None, description="Any JSON object, returned with the document: finite numbers, "
+                               f"at most {MAX_METADATA_DEPTH} levels deep, keys and strings under the text rule.")
 
     @field_validator("text")
     @classmethod
@@ -282,7 +286,6 @@ class ErrorResponse(BaseModel):
 # exactly SearchResponse(...).model_dump_json(), without re-validating cached hits on every request.
 _HITS = TypeAdapter(list[SearchHit])
 _DOCUMENT = TypeAdapter(DocumentResponse)
-_SEARCH = TypeAdapter(SearchResponse)
 _NO_RESULTS = b'{"results":[]'
 
 
@@ -294,7 +297,7 @@ def encode_hits(hits: list[SearchHit]) -> bytes:
 def encode_search_response(results_json: bytes, *, index_version: int, took_ms: float, cached: bool,
                            warnings: list[str]) -> bytes:
     """A SearchResponse around hits already encoded by :func:`encode_hits`."""
-    rest = _SEARCH.dump_json(SearchResponse.model_construct(
+    rest = SearchResponse.__pydantic_serializer__.to_json(SearchResponse.model_construct(
         results=[], index_version=index_version, took_ms=took_ms, cached=cached, warnings=warnings))
     return b'{"results":' + results_json + rest[len(_NO_RESULTS):]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +34,9 @@ from service.engine import ModelRanker
 from service.metrics import Metrics
 from service.schemas import (
     MAX_METADATA_DEPTH,
+    TEXT_PATTERN,
     DocumentBody,
+    DocumentResponse,
     IndexDocumentsRequest,
     RecommendRequest,
     SearchHit,
@@ -42,6 +45,7 @@ from service.schemas import (
     encode_document,
     encode_hits,
     encode_search_response,
+    text_error,
 )
 from service.settings import ServiceSettings
 from tests.service.processes import free_port
@@ -98,6 +102,25 @@ def test_case_1_the_same_strings_are_refused_by_index_documents_with_the_positio
     response = client.post("/index-documents", headers=JSON_HEADERS,
                            content=b'{"documents": [{"doc_id": "S-1", "text": "lip balm \\ud83d"}]}')
     _assert_422(response, ["body", "documents", "0", "text"], position=9)
+
+
+def test_a_body_that_is_not_utf8_is_422_with_the_byte_position(client: TestClient) -> None:
+    response = client.post("/search", content=b'{"query": "ab\xffc"}', headers=JSON_HEADERS)
+    assert response.status_code == 422 and "not valid JSON" in response.json()["error"]
+    assert response.json()["details"][0]["position"] == 13
+
+
+def test_a_surrogate_encoded_as_utf8_bytes_is_refused_like_its_escape(client: TestClient) -> None:
+    # b"\xed\xa0\xbd" is U+D83D in UTF-8 form, which Python's JSON parser decodes ('surrogatepass').
+    response = client.post("/search", content=b'{"query": "ab\xed\xa0\xbdc"}', headers=JSON_HEADERS)
+    _assert_422(response, ["body", "query"], position=2)
+
+
+@pytest.mark.parametrize("body", [b"[" * 5000, b'{"query": "x", "k": ' + b"9" * 5000 + b"}"])
+def test_bodies_python_cannot_parse_are_400_not_500(client: TestClient, body: bytes) -> None:
+    response = client.post("/search", content=body, headers=JSON_HEADERS)
+    assert response.status_code == 400 and strict_json(response.content)["request_id"] == response.headers[
+        "x-request-id"]
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -159,6 +182,13 @@ def test_text_rule_allows_tabs_newlines_and_any_valid_unicode(client: TestClient
     assert indexed.status_code == 200, indexed.text
     document = client.get("/documents/" + quote("ÉTAGÈRE 7/B-2 \U0001f484", safe=""))
     assert document.status_code == 200 and document.json()["text"] == query
+
+
+def test_the_openapi_pattern_states_the_enforced_rule_for_every_scalar_value() -> None:
+    pattern = re.compile(TEXT_PATTERN)
+    for code in [*range(0xD800), *range(0xE000, 0x110000)]:  # a JSON Schema pattern cannot hold surrogates
+        assert (pattern.match(chr(code)) is not None) == (text_error(chr(code)) is None), hex(code)
+    assert text_error("\ud83d") is not None
 
 
 # --- generated variants: every endpoint, every string field, every number -------------------------------
@@ -388,7 +418,8 @@ def test_an_unhandled_error_in_process_carries_the_callers_request_id(client: Te
 
 # --- responses: one definition, strict JSON --------------------------------------------------------------
 
-def test_search_and_recommend_bodies_are_exactly_their_response_model(client: TestClient) -> None:
+def _assert_bodies_are_their_response_models(client: TestClient) -> list[bool]:
+    cached = []
     for path, body in (("/search", {"query": "vegan lavender serum", "k": 5}),
                        ("/recommend", {"history": ["D000001", "NOPE-9"], "k": 5})):
         for _ in range(2):  # computed, then (with Redis) cached: the same shape either way
@@ -397,8 +428,22 @@ def test_search_and_recommend_bodies_are_exactly_their_response_model(client: Te
             model = SearchResponse.model_validate_json(response.content, strict=True)
             assert len(model.results) == 5
             assert model.model_dump_json().encode() == response.content
-    document = client.get("/documents/D000001")
-    assert strict_json(document.content)["doc_id"] == "D000001"
+            cached.append(model.cached)
+    for doc_id in ("D000001", "D000001"):
+        response = client.get(f"/documents/{doc_id}")
+        assert DocumentResponse.model_validate_json(response.content).model_dump_json().encode() == response.content
+    return cached
+
+
+def test_search_and_recommend_bodies_are_exactly_their_response_model(client: TestClient) -> None:
+    assert _assert_bodies_are_their_response_models(client) == [False] * 4
+
+
+def test_cached_bodies_are_exactly_their_response_model(bundle_dir: Path, tmp_path: Path, redis_url: str) -> None:
+    app = create_app(ServiceSettings(bundle_dir=bundle_dir, store_path=tmp_path / "store.sqlite3",  # type: ignore[call-arg]
+                                     log_json=False, redis_url=redis_url))
+    with TestClient(app) as cached_client:
+        assert _assert_bodies_are_their_response_models(cached_client) == [False, True, False, True]
 
 
 JSON_VALUES = st.recursive(
