@@ -45,6 +45,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
 
 K = Annotated[int, Field(10, ge=1, le=100, description="How many results (1..100).")]
 
@@ -286,6 +287,10 @@ class ErrorResponse(BaseModel):
 # exactly SearchResponse(...).model_dump_json(), without re-validating cached hits on every request.
 _HITS = TypeAdapter(list[SearchHit])
 _DOCUMENT = TypeAdapter(DocumentResponse)
+# SearchResponse's fields as a TypedDict (same names, order, types): serialising a dict through it skips
+# building a model per request (measured: about a third of model_construct + dump, less than json.dumps).
+_SEARCH_FIELDS = TypeAdapter(TypedDict("SearchResponseFields",  # type: ignore[operator]
+                                       {name: field.annotation for name, field in SearchResponse.model_fields.items()}))
 _NO_RESULTS = b'{"results":[]'
 
 
@@ -297,8 +302,8 @@ def encode_hits(hits: list[SearchHit]) -> bytes:
 def encode_search_response(results_json: bytes, *, index_version: int, took_ms: float, cached: bool,
                            warnings: list[str]) -> bytes:
     """A SearchResponse around hits already encoded by :func:`encode_hits`."""
-    rest = SearchResponse.__pydantic_serializer__.to_json(SearchResponse.model_construct(
-        results=[], index_version=index_version, took_ms=took_ms, cached=cached, warnings=warnings))
+    rest = _SEARCH_FIELDS.dump_json({"results": [], "index_version": index_version, "took_ms": took_ms,
+                                     "cached": cached, "warnings": warnings})
     return b'{"results":' + results_json + rest[len(_NO_RESULTS):]
 
 
