@@ -25,7 +25,7 @@ from service.components import Components
 from service.errors import OverloadedError, ServiceError
 from service.logs import request_id_var
 from service.metrics import Metrics
-from service.routes import router
+from service.routes import StrictJSONResponse, router
 from service.settings import ServiceSettings, unknown_environment_keys
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,10 @@ def error_body(message: str, error_type: str, details: list[dict[str, Any]] | No
 
 def _error_response(app: FastAPI, status: int, message: str, error_type: str,
                     details: list[dict[str, Any]] | None = None,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
+                    headers: dict[str, str] | None = None) -> StrictJSONResponse:
     metrics: Metrics = app.state.metrics
     metrics.errors.labels(error_type=error_type).inc()
-    return JSONResponse(error_body(message, error_type, details), status_code=status, headers=headers)
+    return StrictJSONResponse(error_body(message, error_type, details), status_code=status, headers=headers)
 
 
 def _printable(value: object) -> str:
@@ -166,7 +166,7 @@ class HttpEdgeMiddleware:
             request_id_var.reset(token)
 
     async def _send_error(self, send: Send, status: int, message: str, error_type: str) -> None:
-        body = JSONResponse(error_body(message, error_type), status_code=status)
+        body = StrictJSONResponse(error_body(message, error_type), status_code=status)
         self.metrics.errors.labels(error_type=error_type).inc()
         await send({"type": "http.response.start", "status": status, "headers": body.raw_headers})
         await send({"type": "http.response.body", "body": body.body})
@@ -208,7 +208,7 @@ def create_app(settings: ServiceSettings | None = None, *, components: Component
             if components is None:  # only close what we opened
                 await app.state.components.stop()
 
-    app = FastAPI(title="lmindexer", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="lmindexer", version="0.1.0", lifespan=lifespan, default_response_class=StrictJSONResponse,
                   description="Retrieval and recommendation with semantic IDs (constrained beam search).",
                   responses={422: {"description": "Invalid request"}})
     app.state.metrics = metrics

@@ -27,10 +27,19 @@ from service.schemas import (
     RecommendRequest,
     SearchRequest,
     SearchResponse,
+    encode_json,
     encode_search_response,
 )
 
 router = APIRouter()
+
+
+class StrictJSONResponse(JSONResponse):
+    """The app's JSON response class: encoded by service.schemas.encode_json (strict JSON)."""
+
+    def render(self, content: Any) -> bytes:
+        return encode_json(content)
+
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -131,13 +140,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"], responses={503: {"description": "Not ready"}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> StrictJSONResponse:
     """Readiness: bundle loaded and store writable; Redis and replication are reported, not required."""
     components: Components | None = getattr(request.app.state, "components", None)
     if components is None:
-        return JSONResponse({"ready": False, "bundle_loaded": False}, status_code=503)
+        return StrictJSONResponse({"ready": False, "bundle_loaded": False}, status_code=503)
     ready, report = await components.readiness()
-    return JSONResponse({"ready": ready, **report}, status_code=200 if ready else 503)
+    return StrictJSONResponse({"ready": ready, **report}, status_code=200 if ready else 503)
 
 
 @router.get("/info", tags=["ops"])

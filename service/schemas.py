@@ -23,9 +23,9 @@ A refusal is a 422 whose ``details`` give the field (``loc``, down to the metada
 character, its ``position`` (0-based, in code points of the decoded string).
 
 Responses are encoded only by the functions at the end of this module, from these models, by
-pydantic's serializer: it writes a non-finite float as ``null`` (a bundle's own metadata may hold
-one), so no response can carry NaN or Infinity, and model scores that are not finite are refused
-(``allow_inf_nan=False``) before they get there.
+pydantic's serializer (``encode_json`` for the answers FastAPI frames): it writes a non-finite float as
+``null`` (a bundle's own metadata or manifest may hold one), so no response can carry NaN or Infinity,
+and model scores that are not finite are refused (``allow_inf_nan=False``) before they get there.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from pydantic import (
     TypeAdapter,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, to_json
 from typing_extensions import TypedDict
 
 K = Annotated[int, Field(10, ge=1, le=100, description="How many results (1..100).")]
@@ -310,3 +310,9 @@ def encode_search_response(results_json: bytes, *, index_version: int, took_ms: 
 def encode_document(document: dict[str, Any]) -> bytes:
     """A DocumentResponse from ``{"doc_id", "text", "metadata", "semantic_id"}``."""
     return _DOCUMENT.dump_json(_DOCUMENT.validate_python(document))
+
+
+def encode_json(value: Any) -> bytes:
+    """Every other JSON answer (errors, /info, /readyz, FastAPI's model answers): a non-finite float is
+    written as null (a bundle's manifest may hold one), never as NaN or Infinity."""
+    return to_json(value, inf_nan_mode="null")

@@ -44,6 +44,7 @@ from service.schemas import (
     SearchResponse,
     encode_document,
     encode_hits,
+    encode_json,
     encode_search_response,
     text_error,
 )
@@ -478,7 +479,15 @@ def test_the_response_encoders_write_strict_json_for_any_metadata(metadata: dict
     assert decoded["results"][0]["score"] == score
     assert decoded["results"][0]["document"]["metadata"] == _finite(metadata)
     assert decoded["warnings"] == warnings and decoded["cached"] is True
-    assert strict_json(json.dumps(error_body("x", "validation_error", [{"loc": ["body"]}])).encode())
+    assert strict_json(encode_json(error_body("x", "validation_error", [{"metadata": metadata}]))) == {
+        "error": "x", "error_type": "validation_error", "request_id": "-", "details": [{"metadata": _finite(metadata)}]}
+
+
+def test_answers_framed_by_fastapi_are_strict_json_too(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    components = client.app.state.components  # type: ignore[attr-defined]
+    monkeypatch.setattr(components, "info", lambda: {"manifest": {"metrics": {"ndcg@10": math.nan}}})
+    response = client.get("/info")
+    assert response.status_code == 200 and strict_json(response.content) == {"manifest": {"metrics": {"ndcg@10": None}}}
 
 
 @pytest.mark.parametrize("score", [math.nan, math.inf, -math.inf])
