@@ -11,8 +11,8 @@ Blocking work (onnxruntime, beam search, SQLite) runs only in worker threads.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from service.errors import (
     ServiceError,
 )
 from service.index import IndexedDocument, LiveIndex, NewDocument, UpdateOutcome
+from service.schemas import DocumentBody, SearchHit, encode_document, encode_hits
 from service.telemetry import Metrics
 from trie import FALLBACK_PREFIXES, constrained_beam_search
 
@@ -39,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Ranking:
-    """The top-k documents for one model input, as a JSON array of hits (ready to send or cache)."""
+    """The top-k documents for one model input, as the JSON array ``SearchResponse.results`` (ready to send
+    or cache; encoded by service.schemas.encode_hits)."""
 
     results_json: bytes
     index_version: int
@@ -143,12 +145,12 @@ class ModelRanker:
                 self._metrics.beam_search_seconds.labels(model=model.name).observe(time.perf_counter() - started)
                 for j, i in enumerate(members):
                     hits = self._hits(model.name, snapshot, result, j, queries[i].k)
-                    rankings[i] = Ranking(json.dumps(hits, ensure_ascii=False).encode("utf-8"), snapshot.version)
+                    rankings[i] = Ranking(encode_hits(hits), snapshot.version)
             return [r for r in rankings if r is not None]
 
         return run
 
-    def _hits(self, model: str, snapshot: Any, result: Any, j: int, k: int) -> list[dict[str, Any]]:
+    def _hits(self, model: str, snapshot: Any, result: Any, j: int, k: int) -> list[SearchHit]:
         hits = []
         for rank in range(min(k, int(result.counts[j]))):
             semantic_id = tuple(int(c) for c in result.semantic_ids[j, rank])
@@ -158,10 +160,16 @@ class ModelRanker:
                 self._metrics.invalid_ids.labels(model=model).inc()
                 logger.error("beam search produced an ID not in the index: %s", semantic_id)
                 continue
-            hits.append({"doc_id": document.doc_id, "score": float(result.scores[j, rank]),
-                         "semantic_id": list(semantic_id),
-                         "document": {"doc_id": document.doc_id, "text": document.text,
-                                      "metadata": document.metadata}})
+            score = float(result.scores[j, rank])
+            if not math.isfinite(score):
+                # -inf: a code the model gives probability 0 (the trie allowed it, the model did not); it
+                # would rank last anyway, and JSON has no -inf. Counted, never returned.
+                self._metrics.nonfinite_scores.labels(model=model).inc()
+                logger.warning("dropped a hit scored %s by the %s model: %s", score, model, semantic_id)
+                continue
+            hits.append(SearchHit(doc_id=document.doc_id, score=score, semantic_id=list(semantic_id),
+                                  document=DocumentBody(doc_id=document.doc_id, text=document.text,
+                                                        metadata=document.metadata)))
         return hits
 
 
@@ -177,9 +185,9 @@ class IndexDocuments:
         return self._index.snapshot.version
 
     async def document_json(self, doc_id: str) -> bytes | None:
-        """The document as JSON bytes, or None."""
+        """The document as JSON bytes (a DocumentResponse), or None."""
         document = self._index.snapshot.document(doc_id)
-        return None if document is None else json.dumps(document.as_dict(), ensure_ascii=False).encode("utf-8")
+        return None if document is None else encode_document(document.as_dict())
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,16 @@ Which bundle each test serves, and why:
   restart, which a random model cannot do.
 - ``test_redis_stopped_mid_test_searches_stay_200`` and ``test_schemathesis_finds_no_server_error``: the
   same demo bundle (the issue asks for the real service with a demo bundle). They check availability and
-  the HTTP contract, not rankings; the demo's models answer in tens of milliseconds, so schemathesis's
-  time-boxed run (40 s) sends fewer requests than it would against the tiny random bundle.
+  the HTTP contract (schemathesis: no 5xx, responses as the OpenAPI document says, strict JSON with the
+  request id, for bodies carrying lone surrogates, control characters and NaN; issues 13 and 14), not
+  rankings; the demo's models answer in tens of milliseconds, so schemathesis's time-boxed run (40 s)
+  sends fewer requests than it would against the tiny random bundle.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -193,13 +196,23 @@ def test_redis_stopped_mid_test_searches_stay_200(demo_bundle: Path, tmp_path: P
         private.stop()
 
 
+# The checks: no 5xx, and every response as the OpenAPI document says (status code, body schema, content
+# type, headers), plus strict JSON with the request id (schemathesis_hooks.py). The hooks also rewrite
+# the generated bodies to carry lone surrogates, control characters and NaN / Infinity (issue 14).
+SCHEMATHESIS_CHECKS = ("not_a_server_error,status_code_conformance,response_schema_conformance,"
+                       "content_type_conformance,response_headers_conformance,strict_json_with_request_id")
+SCHEMATHESIS_HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+
+
 def test_schemathesis_finds_no_server_error(demo_bundle: Path, tmp_path: Path) -> None:
     with ServiceProcess(demo_bundle, tmp_path / "store.sqlite3",
                         env={"LMINDEXER_MAX_BATCH_DOCUMENTS": "20"}) as service:
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json",
-             "--checks", "not_a_server_error", "--max-examples", "30", "--seed", "1", "--workers", "1",
+             "--checks", SCHEMATHESIS_CHECKS, "--max-examples", "30", "--seed", "1", "--workers", "1",
              "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--max-time", "40"],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path)
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": str(SCHEMATHESIS_HOOKS)})
         log = service.log_tail(20)
+    # (A hooks file that fails to load, or an unknown check name, is an error exit too.)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:] + log
