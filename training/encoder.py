@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.errors import ConfigError
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,13 @@ def embed_texts(
     show_progress: bool = True,
 ) -> np.ndarray:
     """Mean-pooled (and by default L2-normalised) embeddings, float32 (N, d), in input order."""
-    from tqdm.auto import tqdm
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(encoder)
     model = load_encoder(encoder).to(device).eval()
     # Sort by length so each batch pads little; restore the order at the end.
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc="embed", unit="batch", disable=not show_progress):
+    for start in progress_bar(range(0, len(texts), batch_size), desc="embed", unit="batch", disable=not show_progress):
         rows = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt").to(device)

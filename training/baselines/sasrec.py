@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from training.baselines.recommendation import DEFAULT_KS, RecData, rank_metrics
 from training.config import config_to_dict
 from training.errors import ConfigError
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def _train(data: RecData, settings: SASRecSettings, out_dir: Path | None, ks: Se
         epoch_start = time.perf_counter()
         batches = length_bucketed_batches(lengths, settings.batch_size, rng)
         total_loss, total_positions, seen_sequences = 0.0, 0, 0
-        bar = tqdm(batches, desc=f"sasrec epoch {epoch}", unit="batch", disable=not settings.progress,
+        bar = progress_bar(batches, desc=f"sasrec epoch {epoch}", unit="batch", disable=not settings.progress,
                    leave=False, mininterval=1.0)
         for idx in bar:
             width = int(lengths[idx].max())

@@ -25,6 +25,7 @@ import torch
 
 from training.data.trec import Run
 from training.indexing.network import SemanticIdNetwork
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +121,13 @@ def beam_search(model: Any, texts: Sequence[str], trie: Any, beam_size: int = 20
     `model` has tokenize(texts) -> (ids, mask), encode_ids(ids, mask) -> states and
     decoder_step(states, mask, codes, level) -> log-probs (TorchModel or the ONNX model of export).
     """
-    from tqdm.auto import tqdm
-
     from trie import constrained_beam_search
 
     sizes = tuple(trie.codebook_sizes)
     num_levels = len(sizes) - 1
     parts: list[Any] = []
     started = time.perf_counter()
-    for start in tqdm(range(0, len(texts), batch_size), desc="beam search", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(texts), batch_size), desc="beam search", unit="batch", disable=not progress):
         chunk = texts[start:start + batch_size]
         ids, mask = model.tokenize(chunk)
         states = model.encode_ids(ids, mask)

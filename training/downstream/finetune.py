@@ -34,6 +34,7 @@ from training.downstream.tasks import Example, IdSource
 from training.encoder import DEFAULT_ENCODER, load_tokenizer
 from training.errors import ConfigError
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +242,6 @@ def train(network: SemanticIdNetwork, examples: Sequence[Example], config: Finet
     """
     if not examples:
         raise ConfigError("no training examples (every target held out, or an empty task)")
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, local_rank, world = _distributed()
@@ -290,7 +289,7 @@ def train(network: SemanticIdNetwork, examples: Sequence[Example], config: Finet
     targets = torch.tensor([e.semantic_id for e in examples], dtype=torch.long)  # (N, L+1)
     per_epoch = len(_batches_for_epoch(len(examples), config.batch_size, config.seed, 0, rank, world))
     started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start_step, desc="finetune", unit="step",
+    bar = progress_bar(total=config.steps, initial=start_step, desc="finetune", unit="step",
                disable=not progress or rank != 0)
     step = start_step
     while step < config.steps:

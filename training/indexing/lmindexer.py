@@ -66,6 +66,7 @@ from training.indexing.network import NetworkConfig, SemanticIdNetwork, _attenti
 from training.indexing.quantizer import quantize
 from training.indexing.reconstructor import Reconstructor, absorbed_attention, sample_hint_mask
 from training.indexing.trainer import DistContext, Trainer, TrainerSettings, distributed_context, seed_everything
+from training.progress import progress_bar
 
 if TYPE_CHECKING:
     from training.data.corpus import Document
@@ -292,14 +293,12 @@ class EncoderRunner:
                 self.cache = list(torch.split(flat, lengths))
                 logger.info("encoder states of %d documents from %s", len(lengths), path)
                 return
-        from tqdm.auto import tqdm
-
         was_training = self.network.training
         self.network.eval()
         order = np.argsort([-len(r) for r in corpus.input_ids], kind="stable")
         cache: list[torch.Tensor | None] = [None] * len(corpus)
         started = time.perf_counter()
-        for start in tqdm(range(0, len(order), batch_size), desc="encoder states", unit="batch",
+        for start in progress_bar(range(0, len(order), batch_size), desc="encoder states", unit="batch",
                           disable=not show_progress, mininterval=2.0):
             rows = order[start : start + batch_size]
             ids = _pad([corpus.input_ids[i] for i in rows], corpus.pad_id).to(device)

@@ -40,6 +40,7 @@ from training.config import config_to_dict
 from training.errors import ConfigError
 from training.indexing.embedding_cache import EmbeddingSettings
 from training.indexing.learning import LearnedCodes
+from training.progress import progress_bar
 
 if TYPE_CHECKING:
     from training.data.corpus import Document
@@ -254,8 +255,6 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 def train_rqvae(embeddings: np.ndarray, config: RQVAEConfig) -> tuple[RQVAE, dict[str, Any]]:
     """Train an rq-VAE on embeddings (N, d); returns the model (eval mode) and a training log."""
-    from tqdm.auto import tqdm
-
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     device = (
@@ -276,7 +275,7 @@ def train_rqvae(embeddings: np.ndarray, config: RQVAEConfig) -> tuple[RQVAE, dic
         total = epochs * steps_per_epoch
         warmup = max(1, int(config.lr_warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
-        bar = tqdm(range(epochs), desc=f"rq-VAE {phase}", unit="epoch", disable=not config.progress)
+        bar = progress_bar(range(epochs), desc=f"rq-VAE {phase}", unit="epoch", disable=not config.progress)
         for epoch in bar:
             model.train()
             order = torch.randperm(len(x), generator=generator).to(device)

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.progress import progress_bar
+
 logger = logging.getLogger(__name__)
 
 
@@ -352,9 +354,7 @@ class _NullBar:
 def _progress(total: int, initial: int, desc: str, show: bool) -> Any:
     if not show:
         return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, mininterval=2.0)
+    return progress_bar(total=total, initial=initial, desc=desc, unit="batch", leave=False, mininterval=2.0)
 
 
 def iterate_chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
