@@ -28,6 +28,9 @@ from service.index import IndexSnapshot
 # Titles longer than this are cut (with an ellipsis) in the tree view; the document view has the text.
 MAX_TITLE_CHARS = 160
 NO_CATEGORY = "(no category)"
+# Answers kept per index version (the page asks for the same few prefixes again and again); a node of
+# 256 children with 3 samples each is ~250 kB, so this bounds the cache near 10 MB in the worst case.
+MAX_CACHED_NODES = 64
 _CODE_RE = re.compile(r"[0-9]{1,9}")
 
 
@@ -131,7 +134,10 @@ class IdTreeView:
         self.codebook_sizes = tuple(int(s) for s in snapshot.trie.codebook_sizes)
         self._snapshot = snapshot
         self._bundle_facts = bundle_facts
-        self._doc_ids: dict[int, str] = {}
+        # Category of each position of the sorted IDs (N,), so a node counts a slice.
+        added = snapshot.added_by_row
+        self.categories = [category_of(added[r].metadata) if r in added else bundle_facts[r].category
+                           for r in rows.tolist()]
 
     def facts(self, row: int) -> _RowFacts:
         """Category and title of a trie row (an added or changed document's own, else the bundle's)."""
@@ -167,14 +173,15 @@ class IdTreeView:
         child_codes, starts, counts = np.unique(codes, return_index=True, return_counts=True)
         all_categories: list[str] = []
         children = []
+        truncated: dict[str, str] = {}  # distinct categories are few: truncate each once
         for code, start, count in zip(child_codes.tolist(), starts.tolist(), counts.tolist(), strict=True):
             first = lo + start
-            rows = self.rows[first:first + count].tolist()
-            categories = [_truncate(self.facts(r).category, category_depth) for r in rows]
+            categories = [truncated.get(c) or truncated.setdefault(c, _truncate(c, category_depth))
+                          for c in self.categories[first:first + count]]
             all_categories.extend(categories)
             sample = [SampleDocument(doc_id=self.doc_id(r), title=self.facts(r).title,
                                      semantic_id=[int(c) for c in self.ids[first + i]])
-                      for i, r in enumerate(rows[:samples])]
+                      for i, r in enumerate(self.rows[first:first + min(count, samples)].tolist())]
             children.append(IdChild(code=code, prefix=[*prefix, code], num_documents=count,
                                     categories=_shares(categories, top_categories), samples=sample))
         depth = len(self.codebook_sizes)
@@ -215,6 +222,7 @@ class IdTree:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._view: IdTreeView | None = None
+        self._nodes: dict[tuple[Any, ...], IdTreeNode] = {}  # answers of the current version (LRU-less: capped)
         self._bundle_facts: list[_RowFacts] | None = None
         self._bundle_key: int | None = None
 
@@ -233,6 +241,7 @@ class IdTree:
         with self._lock:
             if self._view is None or self._view.version != snapshot.version:
                 self._view = IdTreeView(snapshot, self._facts_of_bundle(snapshot))
+                self._nodes = {}
             return self._view
 
     def node(self, snapshot: IndexSnapshot, prefix_text: str, *, samples: int = 3, top_categories: int = 5,
@@ -241,7 +250,16 @@ class IdTree:
         document has it."""
         view = self.view(snapshot)
         prefix = parse_prefix(prefix_text, view.codebook_sizes)
-        return view.node(prefix, samples=samples, top_categories=top_categories, category_depth=category_depth)
+        key = (view.version, prefix, samples, top_categories, category_depth)
+        node = self._nodes.get(key)
+        if node is None:
+            node = view.node(prefix, samples=samples, top_categories=top_categories, category_depth=category_depth)
+            with self._lock:
+                if len(self._nodes) >= MAX_CACHED_NODES:
+                    self._nodes.clear()
+                if self._view is view:  # not for a version replaced meanwhile
+                    self._nodes[key] = node
+        return node
 
 
 __all__ = ["NO_CATEGORY", "CategoryShare", "IdChild", "IdTree", "IdTreeNode", "IdTreeView", "SampleDocument",
