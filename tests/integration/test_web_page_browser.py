@@ -39,7 +39,8 @@ IFRAME = "\"><iframe src=\"javascript:window.__pwned='iframe'\"></iframe>"
 PAYLOAD_TITLE = f"Lip gloss {IMG} {SCRIPT} & <b>bold</b>"
 PAYLOAD_METADATA = {"title": PAYLOAD_TITLE, "category": f"Beauty,<i>Makeup</i>,{SVG}", "brand": IFRAME,
                     "price": 7.5}
-NEW_DOC_ID = 'XSS-<b>"one"</b>&amp;'  # no '/': doc_ids are path segments of GET /documents/{doc_id}
+# No '/' (a closing tag has one): a doc_id is one path segment of GET /documents/{doc_id}.
+NEW_DOC_ID = "XSS-<b>&amp;\"one\"<img src=x onerror=\"window.__pwned='id'\">"
 
 
 @pytest.fixture(scope="module")
