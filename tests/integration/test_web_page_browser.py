@@ -199,6 +199,7 @@ def test_search_open_a_result_follow_recommendations_and_walk_the_tree(page: Any
     assert page.locator("#tree-children tbody tr").count() == below["num_children"]
     assert page.text_content("#tree-summary").startswith(f"{child['num_documents']} documents under prefix "
                                                           f"{child['code']}")
+    _screenshot(page, "web-page-tree.png", tmp_path)
     watch.assert_clean()
 
 
