@@ -1,4 +1,6 @@
-"""Progress of long loops: a tqdm bar on a terminal, a log line every ``LOG_INTERVAL_S`` otherwise.
+"""Progress of long loops outside the training loop (embedding a corpus, caching encoder states, beam
+search over an evaluation set): a tqdm bar on a terminal, a log line every ``LOG_INTERVAL_S`` otherwise.
+(The training loop, ``training.loop``, reports its steps the same way with its own ``log_every`` setting.)
 
 A bar redraws itself with carriage returns, which in a log file (``make run > build.log``, CI, a
 container's log) becomes one unreadable line that grows for minutes. So ``progress_bar`` draws a
