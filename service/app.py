@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +28,7 @@ from service.logs import request_id_var
 from service.routes import StrictJSONResponse, router
 from service.settings import ServiceSettings, unknown_environment_keys
 from service.telemetry import Metrics
+from service.web import install_web
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
@@ -208,13 +210,17 @@ def create_app(settings: ServiceSettings | None = None, *, components: Component
             if components is None:  # only close what we opened
                 await app.state.components.stop()
 
-    app = FastAPI(title="lmindexer", version="0.1.0", lifespan=lifespan, default_response_class=StrictJSONResponse,
+    # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served from the fastapi-offline package
+    # (under /static-offline-docs), not from a CDN, so both work on a machine without internet.
+    app = FastAPIOffline(title="lmindexer", version="0.1.0", lifespan=lifespan,
+                         default_response_class=StrictJSONResponse,
                   description="Retrieval and recommendation with semantic IDs (constrained beam search).",
                   responses={422: {"description": "Invalid request"}})
     app.state.metrics = metrics
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
+    install_web(app)  # GET / (the web page), /static/, GET /ids/{prefix}
     app.add_middleware(HttpEdgeMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app
 

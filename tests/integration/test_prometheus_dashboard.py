@@ -144,7 +144,7 @@ class Prometheus:
 def prometheus(replicas: list[Replica], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.skip("no `prometheus` binary on PATH (Debian's package `prometheus`; .ci/run installs it)")
+        pytest.skip("no `prometheus` binary on PATH (Debian's package `prometheus`; .ci/prepare installs it)")
     workdir = tmp_path_factory.mktemp("prometheus")
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(local_prometheus_config(replicas)))
@@ -346,7 +346,7 @@ def nginx(replicas: list[Replica], tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
     if binary is None:
-        pytest.skip("no `nginx` binary (Debian's package `nginx-light`)")
+        pytest.skip("no `nginx` binary (Debian's package `nginx-light`; .ci/prepare installs it)")
     text = NGINX_CONFIG.read_text()
     for replica in replicas:
         text, count = re.subn(rf"server {re.escape(replica.name)}:8000\b", f"server {replica.address}", text)

@@ -66,7 +66,7 @@ def _check_after_restart(bundle_dir: Path, store: Path, service: ServiceProcess,
 @pytest.mark.parametrize("with_redis", [False, True], ids=["local", "redis-stream"])
 def test_kill_9_during_indexing_loses_no_acknowledged_document(tmp_path: Path, with_redis: bool) -> None:
     if with_redis and not RedisServer.available():
-        pytest.skip("redis-server not installed")
+        pytest.skip("redis-server not installed (Debian's package `redis-server`; .ci/prepare installs it)")
     bundle_dir = service_test_bundle()
     store = tmp_path / "store.sqlite3"
     private = RedisServer(tmp_path / "redis").start() if with_redis else None

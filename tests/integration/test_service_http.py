@@ -70,7 +70,7 @@ def machine_redis() -> Iterator[str]:
     try:
         client.ping()
     except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
+        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/prepare starts one)")
     client.flushdb()
     yield TEST_REDIS_URL
     client.flushdb()
@@ -159,7 +159,7 @@ def test_search_recommend_index_and_restart(demo_bundle: Path, tmp_path: Path, m
 
 def test_redis_stopped_mid_test_searches_stay_200(demo_bundle: Path, tmp_path: Path) -> None:
     if not RedisServer.available():
-        pytest.skip("redis-server not installed")
+        pytest.skip("redis-server not installed (Debian's package `redis-server`; .ci/prepare installs it)")
     private = RedisServer(tmp_path / "redis").start()
     service = ServiceProcess(demo_bundle, tmp_path / "store.sqlite3", redis_url=private.url).start(
         timeout_s=START_TIMEOUT_S)

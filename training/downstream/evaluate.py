@@ -25,7 +25,8 @@ import torch
 from bundle import Encoded, grouped_step_fn
 from training.data.trec import Run
 from training.indexing.network import SemanticIdNetwork
-from trie import StepFn
+from training.progress import progress_bar
+from trie import StepFn, constrained_beam_search
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +96,11 @@ def beam_search(model: Any, texts: Sequence[str], trie: Any, beam_size: int = 20
 
     `model` has encode(texts) -> Encoded and step_fn(encoded) -> trie StepFn (TorchModel or bundle.OnnxRunner).
     """
-    from tqdm.auto import tqdm
-
-    from trie import constrained_beam_search
-
     sizes = tuple(trie.codebook_sizes)
     num_levels = len(sizes) - 1
     parts: list[Any] = []
     started = time.perf_counter()
-    for start in tqdm(range(0, len(texts), batch_size), desc="beam search", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(texts), batch_size), desc="beam search", unit="batch", disable=not progress):
         chunk = texts[start:start + batch_size]
         parts.append(constrained_beam_search(model.step_fn(model.encode(chunk)), trie, num_queries=len(chunk),
                                              beam_size=beam_size, top_k=top_k))

@@ -118,6 +118,10 @@ def export_onnx(network: SemanticIdNetwork, directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     network = network.cpu().eval()
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+    # Tracing turns shape arithmetic and constant tensors into graph constants and says so (TracerWarning,
+    # a dozen per export, from our modules and transformers'): a wrongly frozen value would show as a
+    # mismatch in `check_parity` (run on every export), the check that matters; the warnings only add noise.
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     num_levels = network.config.num_levels
     input_ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2178, 102, 0, 0, 0]])  # (2, 6)
     attention_mask = (input_ids != 0).long()
