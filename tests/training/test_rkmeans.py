@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from lmindexer.cli import main
+from tests.training.test_learn_ids import beauty_corpus
 from training.config import load_config, preset_path
+from training.data.corpus import read_corpus_jsonl
 from training.errors import ConfigError
+from training.indexing.embedding_cache import document_embeddings
 from training.indexing.rkmeans import (
     RKMeansConfig,
     nearest_centroid,
@@ -116,9 +120,6 @@ def test_settings_and_presets():
 
 @pytest.mark.slow
 def test_learn_ids_rkmeans_end_to_end(tmp_path: Path, monkeypatch):
-    from lmindexer.cli import main
-    from tests.training.test_learn_ids import beauty_corpus
-
     monkeypatch.setenv("LMINDEXER_CACHE_DIR", str(tmp_path / "cache"))
     corpus = beauty_corpus(tmp_path / "beauty200.jsonl")
     outs = []
@@ -133,9 +134,6 @@ def test_learn_ids_rkmeans_end_to_end(tmp_path: Path, monkeypatch):
     tensors = load_file(str(outs[0] / run["files"]["checkpoint"]))
     assert sorted(tensors) == ["codebook/0", "codebook/1", "codebook/2"]
     ids = np.array([json.loads(line)["semantic_id"] for line in (outs[0] / "ids.jsonl").read_text().splitlines()])
-    from training.indexing.embedding_cache import document_embeddings
-    from training.data.corpus import read_corpus_jsonl
-
     embeddings = document_embeddings([d.text for d in read_corpus_jsonl(corpus)], show_progress=False)
     assert np.array_equal(rkmeans_codes(embeddings, [tensors[f"codebook/{i}"] for i in range(3)]), ids[:, :3])
     assert (outs[1] / "ids.jsonl").read_bytes() == (outs[0] / "ids.jsonl").read_bytes()

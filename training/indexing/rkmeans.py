@@ -137,7 +137,7 @@ def residual_kmeans(embeddings: np.ndarray, config: RKMeansConfig) -> tuple[np.n
             residual = residual - centroids[labels]
             figures.append({
                 "level": level,
-                "centroids": int(len(centroids)),
+                "centroids": len(centroids),
                 "distinct_residuals": int(distinct),
                 "mean_residual_norm_after": float(np.linalg.norm(residual, axis=1).mean()),
                 "kmeans_seconds": round(time.perf_counter() - started, 3),
