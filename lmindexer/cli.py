@@ -24,7 +24,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-run": ("training.commands.evaluate_run", "Score a TREC run file against TREC qrels."),
     "baseline": ("training.commands.baseline", "Run a retrieval or recommendation baseline."),
-    "learn-ids": ("training.commands.learn_ids", "Learn semantic IDs for a corpus (lmindexer, rqvae, hc)."),
+    "learn-ids": ("training.commands.learn_ids", "Learn semantic IDs for a corpus (lmindexer, rqvae, hc, rkmeans)."),
     "id-report": ("training.commands.id_report", "Render an HTML report on the quality of learned IDs."),
     "finetune": ("training.commands.finetune", "Fine-tune the indexer for retrieval or recommendation."),
     "evaluate": ("training.commands.evaluate", "Evaluate a fine-tuned model with constrained beam search."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,24 @@ def test_report_has_every_plot_and_the_label_figures(run_dir, capsys):
     assert f"{run['num_documents']:,} documents" in page
     # The method's own figures (HC: its leaves) are in the report too.
     assert "<h2>Method diagnostics</h2>" in page and "<td>leaves</td>" in page
+    # Collisions per level: the share of documents sharing their prefix, the last level's = the collision rate.
+    assert "documents sharing the prefix" in page
+    assert f"<td>{metrics['levels'][-1]['prefix_collision_rate']:.1%}</td>" in page
+    assert f"{metrics['collisions']['collision_rate']:.1%}" == f"{metrics['levels'][-1]['prefix_collision_rate']:.1%}"
+    assert "final-network agreement</td><td>– (no decoding network" in page
+
+
+def test_report_shows_the_final_network_agreement(run_dir, tmp_path):
+    """An LMIndexer run's metrics carry final_network_agreement (overall and per level): the report shows both."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["method"] = {"final_network_agreement": 0.9975, "final_network_agreement_documents": 200,
+                         "levels": [{"final_network_agreement": 1.0}, {"final_network_agreement": 0.9975}]}
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["id-report", str(copy)]) == 0
+    page = (copy / "report.html").read_text()
+    assert "99.75% of 200 documents (all levels); per level 100.00%, 99.75%" in page
 
 
 def test_report_with_another_label_field_and_explicit_corpus(run_dir, tmp_path):

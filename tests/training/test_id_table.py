@@ -96,3 +96,13 @@ def test_code_diagnostics_ami_per_level():
     assert level0["codes_used"] == 3 and level0["usage"] == pytest.approx(1.0)
     assert level1["prefixes"] == 6
     assert figures["labelled_documents"] == 5 and figures["distinct_labels"] == 3
+
+
+def test_prefix_collisions_per_level_by_hand():
+    codes = np.array([[0, 0, 1], [0, 0, 1], [0, 1, 0], [1, 0, 0], [2, 5, 5], [2, 5, 6]])
+    levels = code_diagnostics(codes, (3, 6, 7))["levels"]
+    assert [lv["prefix_collision_rate"] for lv in levels] == pytest.approx([5 / 6, 4 / 6, 2 / 6])
+    assert [lv["prefix_colliding_groups"] for lv in levels] == [2, 2, 1]
+    assert [lv["largest_prefix_group"] for lv in levels] == [3, 2, 2]
+    # at the last level the prefix is the whole learned code: the collision statistics
+    assert levels[-1]["prefix_collision_rate"] == pytest.approx(collision_statistics(codes)["collision_rate"])

@@ -1,4 +1,4 @@
-"""`lmindexer learn-ids`: learn semantic IDs for a corpus with LMIndexer, rq-VAE or HC.
+"""`lmindexer learn-ids`: learn semantic IDs for a corpus with LMIndexer, rq-VAE, HC or RK-means.
 
 Writes into --out DIR (created complete, or not at all):
     ids.jsonl        one {"doc_id": ..., "semantic_id": [c1, ..., cL, counter]} a line
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from training.indexing.learning import METHODS, learn_ids
 
-HELP = "Learn semantic IDs for a corpus (lmindexer, rqvae, hc)."
+HELP = "Learn semantic IDs for a corpus (lmindexer, rqvae, hc, rkmeans)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,7 +57,7 @@ class DemoConfig:
 
     num_items: int = field(default=1000, metadata={"help": "Most popular Beauty items kept."})
     max_users: int = field(default=4000, metadata={"help": "Users kept at most (first in file order)."})
-    ids_method: str = field(default="lmindexer", metadata={"help": "learn-ids method (lmindexer, rqvae, hc)."})
+    ids_method: str = field(default="lmindexer", metadata={"help": "learn-ids method (lmindexer, rqvae, hc, rkmeans)."})
     ids_preset: str = field(default="quick", metadata={"help": "learn-ids preset."})
     ids_overrides: tuple[str, ...] = field(default=(), metadata={"help": "learn-ids KEY=VALUE overrides."})
     retriever_preset: str = field(default="quick", metadata={"help": "finetune preset of the retriever."})

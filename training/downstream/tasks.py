@@ -70,7 +70,7 @@ class IdSource:
 
     @property
     def network_dir(self) -> Path | None:
-        """The saved indexer network, or None when the method has none (rq-VAE, HC)."""
+        """The saved indexer network, or None when the method has none (rq-VAE, HC, RK-means)."""
         path = self.directory / NETWORK_DIR
         return path if (path / "network.json").is_file() else None
 

@@ -14,6 +14,10 @@ For learned level t (0-based) of codes (N, L):
   weighted by group size. 1 means the level separates every sibling, 1/size means it separates
   none. This is the method-independent form of the official `same_prefix_last_diff` figure.
 
+- `prefix_collision_rate`: fraction of documents whose prefix c_0..c_t is shared with another
+  document, `prefix_colliding_groups` the number of such prefixes, `largest_prefix_group` the most
+  documents on one prefix (at the last level these are the collisions below).
+
 Collisions (on the full learned code): `collision_rate` = fraction of documents whose learned
 code is shared with another document; `colliding_groups`; `largest_collision_group` (so the
 counter level needs `largest_collision_group` values); `distinct_codes`.
@@ -99,6 +103,7 @@ def level_diagnostics(
         column = codes[:, level]
         used = len(np.unique(column))
         groups = prefix_groups(codes, level + 1)
+        group_sizes = np.bincount(groups) if len(groups) else np.zeros(0, dtype=np.int64)
         figures: dict[str, Any] = {
             "level": level,
             "codebook_size": int(size),
@@ -106,7 +111,9 @@ def level_diagnostics(
             "usage": used / int(size) if size else 0.0,
             "perplexity": code_perplexity(column),
             "prefixes": int(groups.max()) + 1 if len(groups) else 0,
-            "largest_prefix_group": int(np.bincount(groups).max()) if len(groups) else 0,
+            "largest_prefix_group": int(group_sizes.max()) if len(groups) else 0,
+            "prefix_collision_rate": float(group_sizes[group_sizes >= 2].sum() / max(len(groups), 1)),
+            "prefix_colliding_groups": int((group_sizes >= 2).sum()),
             "diff_ratio": same_prefix_diff_ratio(codes, level),
         }
         if labels is not None:

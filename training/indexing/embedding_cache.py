@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmbeddingSettings:
-    """How the embedding-based indexers (rq-VAE, HC) embed documents; their configs extend it."""
+    """How the embedding-based indexers (rq-VAE, HC, RK-means) embed documents; their configs extend it."""
 
     encoder: str = field(
         default=DEFAULT_ENCODER, metadata={"help": "Encoder: the default or a local HF folder."}

@@ -98,6 +98,7 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "lmindexer": ("training.indexing.lmindexer", "LMIndexerConfig", "learn_lmindexer_codes"),
     "rqvae": ("training.indexing.rqvae", "RQVAEConfig", "learn_rqvae_codes"),
     "hc": ("training.indexing.hierarchical_kmeans", "HCConfig", "learn_hc_codes"),
+    "rkmeans": ("training.indexing.rkmeans", "RKMeansConfig", "learn_rkmeans_codes"),
 }
 
 

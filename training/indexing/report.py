@@ -4,7 +4,8 @@ Inputs: a `learn-ids` output directory (ids.jsonl, run.json, metrics.json) and, 
 plots, the corpus (found through run.json, or given) and a label field (`category` or a metadata
 field). Every figure is a matplotlib PNG embedded as base64, so the HTML file stands alone.
 
-Sections: per-level table (codes used, perplexity, prefixes, AMI, diff ratio); AMI per level;
+Sections: facts (with LMIndexer's final-network agreement); per-level table (codes used,
+perplexity, prefixes, documents sharing their prefix, largest prefix group, AMI, diff ratio); AMI per level;
 documents per code for every level (rank-ordered, the shape shows posterior collapse or a long
 tail); collision statistics; the paper's figure: for the largest first-level codes, the category
 mix of their documents (stacked bars, one bar per code: pure bars = semantically coherent codes);
@@ -286,6 +287,7 @@ def render_report(inputs: ReportInputs) -> str:
         ],
         ["created", _fmt(run.get("created"))],
         ["wall time (learn + IDs)", _wall_time(inputs.run_dir)],
+        ["final-network agreement", _agreement(inputs.run_dir)],
     ]
     parts.append(_table(facts, ["", ""]))
 
@@ -297,6 +299,7 @@ def render_report(inputs: ReportInputs) -> str:
             _fmt(lv["usage"]),
             _fmt(lv["perplexity"], 1),
             str(lv["prefixes"]),
+            f"{lv['prefix_collision_rate']:.1%}",
             str(lv["largest_prefix_group"]),
             _fmt(lv.get("ami")),
             _fmt(lv["diff_ratio"]),
@@ -312,6 +315,7 @@ def render_report(inputs: ReportInputs) -> str:
                 "usage",
                 "perplexity",
                 "prefixes",
+                "documents sharing the prefix",
                 "largest prefix group",
                 "AMI (prefix)",
                 "diff ratio",
@@ -390,6 +394,24 @@ def _wall_time(run_dir: Path) -> str:
     with open(path, encoding="utf-8") as handle:
         seconds = json.load(handle).get("wall_seconds", {}).get("total")
     return f"{seconds:.1f} s" if isinstance(seconds, int | float) else "–"
+
+
+def _agreement(run_dir: Path) -> str:
+    """LMIndexer's final_network_agreement (greedy codes of the saved network = the written IDs), as text;
+    methods without a network that assigns codes by decoding say so."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return "–"
+    with open(path, encoding="utf-8") as handle:
+        method = json.load(handle).get("method", {})
+    value = method.get("final_network_agreement")
+    if not isinstance(value, int | float):
+        return "– (no decoding network: codes are assigned by the method's own rule)"
+    levels = [lv.get("final_network_agreement") for lv in method.get("levels", [])]
+    per_level = ", ".join(f"{v:.2%}" for v in levels if isinstance(v, int | float))
+    checked = method.get("final_network_agreement_documents")
+    return (f"{value:.2%} of {checked:,} documents (all levels)" if isinstance(checked, int) else f"{value:.2%}") + (
+        f"; per level {per_level}" if per_level else "")
 
 
 def _method_section(run_dir: Path) -> str:

@@ -15,7 +15,7 @@ class LMIndexerConfig:
 
     # -- network
     encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "Pretrained encoder (packaged default or folder)."})
-    num_levels: int = field(default=2, metadata={"help": "L, learned levels (1..4 are supported by the schedule)."})
+    num_levels: int = field(default=3, metadata={"help": "L, learned levels (1..4); the counter follows."})
     codebook_size: int = field(default=512, metadata={"help": "K, codes per learned level."})
     counter_size: int = field(default=64, metadata={"help": "Size of the network's counter head (fine-tuning)."})
     decoder_layers: int = field(default=2, metadata={"help": "Layers of the ID decoder."})
@@ -39,7 +39,9 @@ class LMIndexerConfig:
     hint_mask_probs: tuple[float, ...] = field(default=(0.5, 0.7), metadata={
         "help": "Per level, the probability that a hint token is hidden (the last value serves deeper levels)."})
     # -- losses
-    tau: float = field(default=1.0, metadata={"help": "Temperature of the quantizer's backward softmax."})
+    tau: float = field(default=1.0, metadata={
+        "help": "Temperature of the quantizer's backward softmax and of L_commitment, on the scaled logits "
+                "h . e / sqrt(d) (d = encoder width; see IndexerModel.logit_temperature). 1 = the official value."})
     recon_weight: float = field(default=1.0, metadata={"help": "Weight of L_recon."})
     contrastive_weight: float = field(default=1.0, metadata={"help": "Weight of L_contrastive."})
     commitment_weight: float = field(default=1.0, metadata={"help": "Weight of L_commitment (levels >= 1)."})
@@ -78,6 +80,9 @@ class LMIndexerConfig:
         "help": "Cluster unit-length h and give all centroids the mean |h| (argmax-dot = cosine k-means)."})
     # -- run
     seed: int = field(default=42, metadata={"help": "Seed of everything (CPU runs are deterministic)."})
+    agreement_documents: int = field(default=0, metadata={
+        "help": "Documents (the first ones) whose greedy codes from the saved network are compared with the "
+                "written IDs after training, for final_network_agreement (0 = all)."})
     eval_batch_size: int = field(default=256, metadata={"help": "Documents per batch when encoding / assigning."})
     dev_size: int = field(default=256, metadata={
         "help": "Documents whose reconstruction is measured after each epoch (dev criterion; 0 = none)."})
@@ -91,8 +96,8 @@ class LMIndexerConfig:
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda'."})
 
     def __post_init__(self) -> None:
-        if not 1 <= self.num_levels <= 8:
-            raise ConfigError(f"num_levels must be in 1..8, got {self.num_levels}")
+        if not 1 <= self.num_levels <= 4:
+            raise ConfigError(f"num_levels must be in 1..4, got {self.num_levels}")
         if self.codebook_size < 2:
             raise ConfigError("codebook_size must be >= 2")
         if not self.hint_mask_probs or any(not 0.0 <= p <= 1.0 for p in self.hint_mask_probs):
@@ -103,6 +108,8 @@ class LMIndexerConfig:
             raise ConfigError("recon_target_fraction and train_fraction must be in (0, 1]")
         if self.tau <= 0 or self.contrastive_temperature <= 0:
             raise ConfigError("tau and contrastive_temperature must be > 0")
+        if self.agreement_documents < 0:
+            raise ConfigError("agreement_documents must be >= 0")
         if self.group_size < 1 or self.batch_size < 2:
             raise ConfigError("group_size must be >= 1 and batch_size >= 2")
 

@@ -9,6 +9,7 @@ vector] (B, t + 1, d) -> the reconstructor scores the document's tokens from the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -112,6 +113,19 @@ class IndexerModel(nn.Module):
     def device(self) -> torch.device:
         return self.vocab_ids.device
 
+    @property
+    def logit_temperature(self) -> float:
+        """tau * sqrt(d): what the raw code logits h . e are divided by in the quantizer's softmax and
+        in L_commitment.
+
+        h is a LayerNorm output and the codebooks are rescaled to the mean |h| (k-means init), so both
+        have norm ~sqrt(d) and h . e ~ d cos (~384 cos for all-MiniLM-L6-v2): with the official tau = 1
+        on raw logits the softmax is one-hot and the soft path passes no gradient (on a 2,000-item
+        subset a quantised stage then moved codes at random, -0.07 AMI). Scaling by 1 / sqrt(d), as the
+        official code scales T5's logits by d^-0.5, makes tau = 1 work at any encoder width; the presets
+        used to carry tau = 20 (~sqrt(384)) for one width only. The argmax (the code) is unchanged."""
+        return self.config.tau * math.sqrt(self.network.hidden_size)
+
     def output_embeddings(self) -> torch.Tensor:
         """(V, d) rows of the encoder's (tied) token-embedding matrix for the output vocabulary."""
         return self.network.encoder.get_input_embeddings().weight[self.vocab_ids]
@@ -132,7 +146,7 @@ class IndexerModel(nn.Module):
         current = hidden[:, level]
         if spec.kind != "nocode":
             codebook = self.warmup_codebook if spec.kind == "warmup" else self.network.codebooks[level]
-            current = quantize(current, codebook, self.config.tau).vectors
+            current = quantize(current, codebook, self.logit_temperature).vectors
         return torch.cat([self.network.embed_codes(codes), current[:, None]], dim=1)
 
     def reconstruction(self, rows: Sequence[int], ids: torch.Tensor, mask: torch.Tensor, id_vectors: torch.Tensor,
@@ -190,10 +204,11 @@ class IndexerModel(nn.Module):
             logs["contrast"] = float(contrast.detach())
         if spec.commitment and level > 0:
             earlier = torch.as_tensor(batch.earlier, device=self.device)
-            # h . e / tau: the logits are ~|h||e| cos ~ 400 cos, so an unscaled CE is a cliff whose
-            # gradient swamps the other losses after clipping (the official code scales T5's logits
-            # by d^-0.5 for the same reason). The argmax, which is what must not move, is unchanged.
-            logits_list = [self.network.level_logits(hidden[:, j], j) / config.tau for j in range(level)]
+            # h . e / (tau sqrt(d)): the logits are ~|h||e| cos ~ d cos, so an unscaled CE is a cliff whose
+            # gradient swamps the other losses after clipping (see logit_temperature). The argmax, which
+            # is what must not move, is unchanged.
+            logits_list = [self.network.level_logits(hidden[:, j], j) / self.logit_temperature
+                           for j in range(level)]
             commit = commitment_loss(logits_list, earlier)
             loss = loss + config.commitment_weight * commit
             logs["commit"] = float(commit.detach())

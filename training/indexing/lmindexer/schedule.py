@@ -29,7 +29,7 @@ from training.data.corpus import Document
 from training.indexing.diagnostics import code_perplexity, same_prefix_diff_ratio
 from training.indexing.learning import LearnedCodes
 from training.indexing.lmindexer.config import LMIndexerConfig
-from training.indexing.lmindexer.encoder_states import EncoderStates, state_cache_key, tokenize_corpus
+from training.indexing.lmindexer.encoder_states import EncoderStates, pad_rows, state_cache_key, tokenize_corpus
 from training.indexing.lmindexer.model import DocumentBatch, IndexerModel, StageSpec, init_decoder_as_mean_pool
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
 from training.indexing.reconstructor import Reconstructor
@@ -237,19 +237,8 @@ class LMIndexer:
         data = hidden / np.maximum(norms[:, None], 1e-12) if config.kmeans_normalize else hidden
         basis = None
         if level > 0 and config.residual_kmeans:
-            # Within-prefix residuals: what tells siblings apart. h^t starts close to h^{t-1} (the
-            # prefix code dominates it), so k-means on h^t itself re-finds the previous partition.
-            groups = np.unique(self.codes[:, :level], axis=0, return_inverse=True)[1].reshape(-1)
-            means = np.zeros((groups.max() + 1, data.shape[1]))
-            np.add.at(means, groups, data)
-            means /= np.bincount(groups)[:, None]
-            data = data - means[groups]
-            # Codes are argmax h . e: keep e orthogonal to the earlier codebooks (when they do not
-            # span the space) so the part of h^t shared by the whole prefix does not pick the code.
             earlier = self.network.codebooks.data[:level].reshape(-1, data.shape[1]).double().cpu().numpy()
-            if earlier.shape[0] < data.shape[1]:
-                basis = np.linalg.qr(earlier.T)[0]  # (d, r) orthonormal
-                data = data - (data @ basis) @ basis.T
+            data, basis = prefix_residuals(data, self.codes[:, :level], earlier)
         k = min(config.codebook_size, len(data))
         if config.kmeans == "minibatch":
             km = MiniBatchKMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
@@ -276,6 +265,36 @@ class LMIndexer:
         if self.labels is not None:
             record["kmeans_init_category_ami"] = _ami(self.codes[:, :level], kmeans_codes, self.labels)
         return record
+
+    @torch.no_grad()
+    def greedy_reassignment(self) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy codes (N, L) of the final network, and the teacher-forced codes (N, L) it predicts.
+
+        Greedy: c_t = argmax h^t . E^t with h^t computed from the greedy c_0..c_{t-1} (what assigning an
+        ID to a document does, design.md job 2). Teacher-forced: h^t computed from the assigned codes
+        self.codes[:, :t] (what each level's assignment saw). One encoder pass per batch for both; the
+        batches and the folded decoder are those of `assign`, so level 0 gives the same numbers."""
+        self.model.eval()
+        levels = self.config.num_levels
+        order = np.argsort([-len(r) for r in self.corpus.input_ids], kind="stable")
+        greedy = np.zeros_like(self.codes)
+        forced = np.zeros_like(self.codes)
+        for start in range(0, len(order), self.config.eval_batch_size):
+            rows = order[start : start + self.config.eval_batch_size].tolist()
+            _, mask, states = self.encoder_states.states(rows, self.corpus, self.device)
+            assigned = torch.as_tensor(self.codes[rows], device=self.device)  # (B, L)
+            vectors = self.network.embed_codes(assigned[:, : levels - 1])[:, None]  # (B, 1, L-1, d)
+            hidden = self.network.decode(states, mask, vectors, folded=True)[:, 0]  # (B, L, d)
+            for level in range(levels):
+                forced[rows, level] = self.network.level_logits(hidden[:, level], level).argmax(-1).cpu().numpy()
+            chosen = torch.zeros(len(rows), 0, dtype=torch.int64, device=self.device)  # (B, t)
+            for level in range(levels):
+                vectors = self.network.embed_codes(chosen)[:, None]  # (B, 1, t, d)
+                h = self.network.decode(states, mask, vectors, folded=True)[:, 0, level]  # (B, d)
+                code = self.network.level_logits(h, level).argmax(-1)  # (B,)
+                chosen = torch.cat([chosen, code[:, None]], dim=1)
+            greedy[rows] = chosen.cpu().numpy()
+        return greedy, forced
 
     @torch.no_grad()
     def assign(self, level: int) -> np.ndarray:
@@ -310,10 +329,22 @@ class LMIndexer:
             level_record.update(self._level_figures(level, full))
             self.diagnostics["levels"].append(level_record)
             logger.info("level %d: %s", level, level_record)
-        # Does the final network still predict every level's assigned codes (teacher-forced)? It is what
-        # assigns IDs to new documents and what fine-tuning starts from.
+        # Training a later level moves the network under the earlier codes (L_commitment only resists it),
+        # and each level was assigned with the codes before it teacher-forced. The final network is what
+        # assigns IDs to new documents and what fine-tuning starts from, so the table is re-assigned from
+        # it by greedy assignment: the IDs written are the ones the network gives the same text.
+        greedy, forced = self.greedy_reassignment()
+        changed = greedy != self.codes  # (N, L)
         for level, record in enumerate(self.diagnostics["levels"]):
-            record["final_network_agreement"] = float((self.assign(level) == self.codes[:, level]).mean())
+            record["teacher_forced_agreement"] = float((forced[:, level] == self.codes[:, level]).mean())
+            record["reassigned"] = float(changed[:, level].mean())
+        self.diagnostics["reassignment"] = {
+            "changed_documents": float(changed.any(axis=1).mean()),
+            "changed_per_level": [float(c) for c in changed.mean(axis=0)],
+        }
+        logger.info("greedy re-assignment from the final network changed the codes of %.1f%% of the documents",
+                    100 * self.diagnostics["reassignment"]["changed_documents"])
+        self.codes = greedy
         self.diagnostics["seconds"] = round(time.perf_counter() - started, 2)
         return self.diagnostics
 
@@ -344,6 +375,63 @@ class LMIndexer:
         (out_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=2, default=_json_default))
         return {"network": f"{NETWORK_DIR}/model.safetensors", "network_config": f"{NETWORK_DIR}/network.json",
                 "reconstructor": RECONSTRUCTOR_FILE, "config": CONFIG_FILE}
+
+
+def prefix_residuals(data: np.ndarray, prefixes: np.ndarray,
+                     earlier_codebooks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the k-means of level t >= 1 clusters (`residual_kmeans`): within-prefix residuals of h^t.
+
+    data (N, d): h^t of every document (unit length with kmeans_normalize); prefixes (N, t): the codes
+    assigned at levels 0..t-1; earlier_codebooks (r, d): the rows of E^0..E^{t-1}.
+    Returns (residuals (N, d) float64, basis): each row minus the mean of the rows sharing its prefix,
+    then, when r < d, projected off the span of the earlier codebooks (basis (d, r) orthonormal, else None).
+
+    Why: h^t starts close to h^{t-1} (the prefix code dominates it), so k-means on h^t itself re-finds the
+    previous partition and most siblings land on one code; the residual is what tells siblings apart, so
+    the level's K codes are spent inside prefixes (the RK-means / rq-VAE rule in h-space). Codes are
+    argmax h . e: keeping e off the earlier codebooks' span stops the part of h^t that the prefix code
+    vectors carry from picking the code.
+    """
+    data = np.asarray(data, dtype=np.float64)
+    groups = np.unique(np.asarray(prefixes), axis=0, return_inverse=True)[1].reshape(-1)  # (N,)
+    means = np.zeros((groups.max() + 1, data.shape[1]))
+    np.add.at(means, groups, data)
+    means /= np.bincount(groups)[:, None]
+    residuals = data - means[groups]
+    basis = None
+    if earlier_codebooks.shape[0] < data.shape[1]:
+        basis = np.linalg.qr(np.asarray(earlier_codebooks, dtype=np.float64).T)[0]  # (d, r) orthonormal
+        residuals = residuals - (residuals @ basis) @ basis.T
+    return residuals, basis
+
+
+@torch.no_grad()
+def saved_network_agreement(network_dir: Path, texts: Sequence[str], codes: np.ndarray, config: LMIndexerConfig,
+                            device: torch.device) -> dict[str, Any]:
+    """Greedy codes of the saved network (loaded from `network_dir`) against the written codes (N, L).
+
+    The network's own path, independent of the indexer's: SemanticIdNetwork.load, the whole encoder
+    (no cached states), unfolded cross-attention, `decoder_step` level by level with W = 1 (what export
+    and cold start run). Returns the fraction of documents whose L codes all equal the written ones
+    (`final_network_agreement`), per level, and the number of documents checked."""
+    network = SemanticIdNetwork.load(network_dir).to(device).eval()
+    corpus = tokenize_corpus(texts, config)
+    levels = codes.shape[1]
+    greedy = np.zeros_like(codes)
+    order = np.argsort([-len(r) for r in corpus.input_ids], kind="stable")
+    for start in range(0, len(order), config.eval_batch_size):
+        rows = order[start : start + config.eval_batch_size]
+        ids = pad_rows([corpus.input_ids[i] for i in rows], corpus.pad_id).to(device)
+        mask = pad_rows([torch.ones_like(corpus.input_ids[i]) for i in rows], 0).to(device)
+        states = network.encode(ids, mask)  # (B, S, d)
+        chosen = torch.zeros(len(rows), 1, levels, dtype=torch.int64, device=device)  # (B, W=1, L)
+        for level in range(levels):
+            log_probs = network.decoder_step(states, mask, chosen, torch.tensor(level, device=device))  # (B, 1, V)
+            chosen[:, 0, level] = log_probs[:, 0, : config.codebook_size].argmax(-1)
+        greedy[rows] = chosen[:, 0].cpu().numpy()
+    same = greedy == codes  # (N, L)
+    return {"final_network_agreement": float(same.all(axis=1).mean()),
+            "per_level": [float(v) for v in same.mean(axis=0)], "documents": len(codes)}
 
 
 def _json_default(value: Any) -> Any:
@@ -378,7 +466,18 @@ def learn_lmindexer_codes(documents: list[Document], config: LMIndexerConfig, ou
     if any(c is not None for c in categories):
         indexer.labels = categories  # monitoring only (category AMI in the diagnostics)
     diagnostics = indexer.run()
-    diagnostics["wall_seconds"] = round(time.perf_counter() - started, 2)
     files = indexer.save(out_dir) if context.is_main else {}
+    if context.is_main:
+        checked = config.agreement_documents or len(documents)
+        agreement = saved_network_agreement(out_dir / NETWORK_DIR, indexer.texts[:checked], indexer.codes[:checked],
+                                            config, indexer.device)
+        diagnostics["final_network_agreement"] = agreement["final_network_agreement"]
+        diagnostics["final_network_agreement_documents"] = agreement["documents"]
+        for record, value in zip(diagnostics["levels"], agreement["per_level"], strict=True):
+            record["final_network_agreement"] = value
+        logger.info("saved network: greedy codes equal the written IDs for %.2f%% of %d documents",
+                    100 * agreement["final_network_agreement"], agreement["documents"])
+        indexer.save(out_dir)  # lmindexer.json with the agreement (the network is unchanged)
+    diagnostics["wall_seconds"] = round(time.perf_counter() - started, 2)
     return LearnedCodes(codes=indexer.codes.copy(), codebook_sizes=(config.codebook_size,) * config.num_levels,
                         diagnostics=diagnostics, files=files)
