@@ -49,9 +49,8 @@ class RecommenderSettings:
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
     grad_clip: float = field(default=1.0, metadata={"help": "Gradient-norm clipping (0 = off)."})
     max_epochs: int = field(default=40, metadata={"help": "Upper bound on epochs."})
-    patience: int = field(default=5, metadata={
-        "help": "Stop after this many evaluations without a better validation NDCG@10."})
-    eval_every: int = field(default=2, metadata={"help": "Epochs between validation evaluations."})
+    patience: int = field(default=3, metadata={
+        "help": "Stop after this many epochs without a better validation NDCG@10 (0 = never; keep the last)."})
     eval_users: int = field(default=4000, metadata={
         "help": "Validation users scored for early stopping (seeded sample; 0 = all)."})
     eval_ranking: Literal["generative", "hybrid", "dense"] = field(default="generative", metadata={
@@ -76,9 +75,11 @@ class RecommenderSettings:
         if self.d_model % self.num_heads:
             raise ConfigError(f"num_heads {self.num_heads} must divide d_model {self.d_model}")
         for name in ("d_model", "num_layers", "num_heads", "ffn_multiplier", "max_history", "decoder_layers",
-                     "batch_size", "max_epochs", "patience", "eval_every", "eval_batch_size"):
+                     "batch_size", "max_epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0, got {self.patience}")
         if not 1 <= self.beam_size <= 100:
             raise ConfigError(f"beam_size must be in 1..100, got {self.beam_size}")
         if not 0.0 <= self.dropout < 1.0:
