@@ -9,7 +9,9 @@ cross-entropy) and most-popular. One row per (model, ID kind, ranking):
     {"model", "ids", "ranking", "users", "test": {"recall@5", "ndcg@5", "recall@10", "ndcg@10"},
      "valid": {...}, "train_seconds", "cold_start": {"users", "test": {...}}}
 
-plus the machine's description and its load at the start and the end. Metrics:
+plus the machine's description and its load at the start and the end. The baselines follow the
+recommender's `exclude_history` (default: history items removed from every ranking), so every row
+is measured under the same protocol. Metrics:
 `training.baselines.recommendation.rank_metrics` (one target per user: Recall@k = hit, NDCG@k =
 1 / log2(rank + 1)). Work files go to --work; a re-run reuses finished IDs, models and
 evaluations.
@@ -86,9 +88,14 @@ def main() -> None:
             learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=presets[method], overwrite=True)
             learn_seconds = round(time.perf_counter() - t0, 1)
         model_dir = work / f"recommender-{method}"
-        fit(items, sequences, ids_dir, settings, model_dir, progress=False)
+        if not (model_dir / RECORD_FILE).is_file():  # written once training has finished: a re-run reuses it
+            fit(items, sequences, ids_dir, settings, model_dir, progress=False)
         record = json.loads((model_dir / RECORD_FILE).read_text())
-        evaluation = evaluate_model(model_dir, ("valid", "test"))
+        metrics_path = model_dir / "eval" / "metrics.json"
+        if metrics_path.is_file() and "test" in json.loads(metrics_path.read_text()):
+            evaluation = json.loads(metrics_path.read_text())  # a re-run reuses the finished evaluation
+        else:
+            evaluation = evaluate_model(model_dir, ("valid", "test"))
         details[method] = {"ids_dir": str(ids_dir), "learn_ids_seconds": learn_seconds,
                            "training": {k: v for k, v in record["training"].items() if k != "history"},
                            "history": record["training"]["history"], "hybrid_weight": evaluation["hybrid_weight"],
@@ -110,16 +117,23 @@ def main() -> None:
     data = RecData.from_dataset(dataset)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     if "sasrec" in baselines:
-        t0 = time.perf_counter()
-        sasrec = train_sasrec(data, build_config(SASRecSettings, {"time_budget_s": args.sasrec_seconds,
-                                                                  "num_threads": settings.num_threads or 2,
-                                                                  "progress": False}))
+        sasrec_path = work / "sasrec.json"  # a re-run reuses the finished baseline
+        if sasrec_path.is_file():
+            sasrec = json.loads(sasrec_path.read_text())
+        else:
+            t0 = time.perf_counter()
+            sasrec = train_sasrec(data, build_config(SASRecSettings, {
+                "time_budget_s": args.sasrec_seconds, "num_threads": settings.num_threads or 2, "progress": False,
+                "exclude_history": settings.exclude_history}))
+            sasrec["train_seconds"] = round(time.perf_counter() - t0, 1)
+            sasrec["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+            sasrec_path.write_text(json.dumps(sasrec, indent=2) + "\n", encoding="utf-8")
         rows.append({"model": "SASRec (full cross-entropy)", "ids": None, "ranking": "full catalogue",
                      "users": data.num_users, "test": sasrec["metrics"]["test"], "valid": sasrec["metrics"]["valid"],
-                     "train_seconds": round(time.perf_counter() - t0, 1)})
+                     "train_seconds": sasrec["train_seconds"]})
         details["sasrec"] = {k: v for k, v in sasrec.items() if k not in ("metrics", "epochs")}
     if "popularity" in baselines:
-        popularity = run_popularity(data, PopularitySettings())
+        popularity = run_popularity(data, PopularitySettings(exclude_history=settings.exclude_history))
         rows.append({"model": "most popular", "ids": None, "ranking": "full catalogue", "users": data.num_users,
                      "test": popularity["metrics"]["test"], "valid": popularity["metrics"]["valid"],
                      "train_seconds": 0.0})
