@@ -69,7 +69,8 @@ def main() -> None:
     sequences = args.sequences or BEAUTY_SEQUENCES
     settings = load_config(RecommenderSettings, preset_path("recommender", args.preset), args.overrides)
     methods = [m.strip() for m in args.ids_methods.split(",") if m.strip()]
-    presets = ids_presets_for(args.ids_preset, methods)
+    # every ID kind may take an exception in --ids-preset, whether or not this run learns it
+    presets = ids_presets_for(args.ids_preset, sorted({*methods, "lmindexer", "rqvae", "hc"}))
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(items, sequences)
