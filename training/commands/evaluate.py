@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer evaluate --help` and argument
+    # errors import this module to build the parser and must answer at once
     from training.recommendation.run import RECORD_FILE
 
     if (args.model / RECORD_FILE).is_file():
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _recommendation(args: argparse.Namespace) -> int:
+    # deferred like run()'s imports (torch)
     from training.recommendation.run import evaluate_model
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())

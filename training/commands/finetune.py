@@ -15,7 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.downstream.experiment import DATASETS
+from training.config import load_config, preset_path
+from training.data.amazon import BEAUTY_ITEMS, BEAUTY_SEQUENCES
+from training.downstream.experiment import DATASETS, finetune_task, load_task
+from training.downstream.finetune import FinetuneConfig
+from training.downstream.tasks import load_id_source
+from training.errors import ConfigError
+from training.recommendation.run import fit
+from training.recommendation.settings import RecommenderSettings
 
 HELP = "Fine-tune the indexer for retrieval or train the recommender."
 
@@ -42,19 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.errors import ConfigError
-
     if args.task == "recommendation":
         return _recommendation(args)
     if args.dataset is None:
         raise ConfigError("--dataset is required unless --task recommendation")
     if args.task == "retrieval" and args.dataset != "cranfield":
         raise ConfigError(f"--task retrieval needs --dataset cranfield, got {args.dataset}")
-    from training.config import load_config, preset_path
-    from training.downstream.experiment import finetune_task, load_task
-    from training.downstream.finetune import FinetuneConfig
-    from training.downstream.tasks import load_id_source
-
     config = load_config(FinetuneConfig, preset_path("finetune", args.preset or "quick"), args.overrides)
     source = load_id_source(args.ids)
     task = load_task(args.dataset, args.data, config)
@@ -68,11 +68,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _recommendation(args: argparse.Namespace) -> int:
-    from training.config import load_config, preset_path
-    from training.data.amazon import BEAUTY_ITEMS, BEAUTY_SEQUENCES
-    from training.recommendation.run import fit
-    from training.recommendation.settings import RecommenderSettings
-
     settings = load_config(RecommenderSettings, preset_path("recommender", args.preset or "cpu"), args.overrides)
     record = fit(args.items or BEAUTY_ITEMS, args.sequences or BEAUTY_SEQUENCES, args.ids, settings, args.out,
                  progress=not args.no_progress)
