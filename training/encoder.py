@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.errors import ConfigError
@@ -71,8 +72,6 @@ def embed_texts(
     show_progress: bool = True,
 ) -> np.ndarray:
     """Mean-pooled (and by default L2-normalised) embeddings, float32 (N, d), in input order."""
-    from tqdm.auto import tqdm
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(encoder)
     model = load_encoder(encoder).to(device).eval()

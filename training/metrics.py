@@ -40,6 +40,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaln
 
 METRIC_NAMES = ("recall", "ndcg", "map", "mrr", "hit")
 _METRIC_RE = re.compile(r"^\s*([a-z]+)\s*@\s*(\d+)\s*$")
@@ -141,8 +142,6 @@ def _expected_mutual_information(row_sums: np.ndarray, col_sums: np.ndarray, n: 
     The sum runs over rows, with the columns and the possible cell counts n_ij as one array per
     chunk of columns, so it costs sum_ij min(a_i, b_j) terms like scikit-learn's loop.
     """
-    from scipy.special import gammaln
-
     if row_sums.size == 1 or col_sums.size == 1:
         return 0.0
     a = row_sums.astype(np.float64)

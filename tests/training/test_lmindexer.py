@@ -13,7 +13,8 @@ from training.config import load_config, preset_path
 from training.data.corpus import Document
 from training.errors import ConfigError
 from training.indexing.lmindexer import LMIndexerConfig, learn_lmindexer_codes
-from training.indexing.network import SemanticIdNetwork
+from training.indexing.lmindexer.encoder_states import tokenize_corpus
+from training.indexing.network import NetworkConfig, SemanticIdNetwork
 
 COLOURS = ["red", "blue", "green", "black"]
 KINDS = [("nail polish", "Beauty, Makeup, Nails"), ("face cream", "Beauty, Skin Care, Face"),
@@ -56,8 +57,6 @@ def test_codes_shape_files_and_saved_network(first_run) -> None:
     network = SemanticIdNetwork.load(out / "network")
     assert network.config.num_levels == 2 and network.config.codebook_size == 4
     # The saved network reproduces the learned codes by greedy decoding (design.md, job 2).
-    from training.indexing.lmindexer import tokenize_corpus
-
     corpus = tokenize_corpus([d.text for d in _documents()], TINY)
     ids = torch.nn.utils.rnn.pad_sequence(corpus.input_ids, batch_first=True, padding_value=corpus.pad_id)
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in corpus.input_ids], batch_first=True)
@@ -106,10 +105,7 @@ def test_presets_load_and_bad_settings_fail() -> None:
         load_config(LMIndexerConfig, None, ["no_such_setting=1"])
 
 
-def test_fast_decode_equals_network_decode() -> None:
-    from training.indexing.lmindexer import fast_decode
-    from training.indexing.network import NetworkConfig
-
+def test_folded_decode_equals_network_decode() -> None:
     torch.manual_seed(0)
     network = SemanticIdNetwork(NetworkConfig(num_levels=3, codebook_size=8, counter_size=4))
     states = torch.randn(3, 9, network.hidden_size)
@@ -117,10 +113,10 @@ def test_fast_decode_equals_network_decode() -> None:
     mask[1, 6:] = 0
     vectors = network.embed_codes(torch.tensor([[[1, 2], [3, 4]], [[5, 6], [7, 0]], [[2, 2], [1, 1]]]))
     network.eval()
-    torch.testing.assert_close(fast_decode(network, states, mask, vectors), network.decode(states, mask, vectors),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(network.decode(states, mask, vectors, folded=True),
+                               network.decode(states, mask, vectors), atol=2e-5, rtol=1e-4)
     network.train()  # same dropout draws in the same order
     torch.manual_seed(5)
-    fast = fast_decode(network, states, mask, vectors)
+    fast = network.decode(states, mask, vectors, folded=True)
     torch.manual_seed(5)
     torch.testing.assert_close(fast, network.decode(states, mask, vectors), atol=2e-5, rtol=1e-4)

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import bm25s
 import numpy as np
+import Stemmer
 
 from training.baselines.retrieval import top_k_run
 from training.data.corpus import Document
@@ -43,8 +45,6 @@ class BM25Settings:
 def _make_stemmer(language: str | None) -> Callable[[list[str]], list[str]] | None:
     if language is None:
         return None
-    import Stemmer
-
     try:
         return Stemmer.Stemmer(language).stemWords
     except KeyError:
@@ -55,8 +55,6 @@ class BM25Index:
     """A bm25s index over documents; `search` gives a run with exact top-k."""
 
     def __init__(self, documents: Sequence[Document], settings: BM25Settings | None = None) -> None:
-        import bm25s
-
         self.settings = settings or BM25Settings()
         self.doc_ids = [document.doc_id for document in documents]
         self._stemmer = _make_stemmer(self.settings.stemmer)
@@ -69,8 +67,6 @@ class BM25Index:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """BM25 scores (len(texts), num_documents), float32; a query with no known term scores 0."""
-        import bm25s
-
         query_tokens = bm25s.tokenize(list(texts), stopwords=self.settings.stopwords, stemmer=self._stemmer,
                                       return_ids=False, show_progress=False)
         vocabulary = self._retriever.vocab_dict

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -127,8 +128,7 @@ def rank_metrics(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str,
 
 def machine_description() -> dict[str, Any]:
     """Platform, CPU count, load and library versions, for benchmark and metrics JSON."""
-    import platform
-
+    # torch costs 3-6 s to import (measured); the popularity baseline, which imports this module, needs none
     import torch
 
     return {
@@ -169,6 +169,7 @@ def run_recommendation_baseline(method: str, out_dir: Path, **options: Any) -> d
     `recall@5`, `ndcg@5`, `recall@10`, `ndcg@10`), the settings, the data counts, timings and
     the machine.
     """
+    # popularity and sasrec import this module (RecData, rank_metrics): at the top it would be a cycle
     from training.baselines.popularity import PopularitySettings, run_popularity
     from training.baselines.sasrec import SASRecSettings, train_sasrec
 

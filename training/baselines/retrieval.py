@@ -83,6 +83,7 @@ def run_retrieval_baseline(method: str, out_dir: str | Path, split: str = "all",
     qrels = {query.query_id: collection.qrels.get(query.query_id, {}) for query in queries}
 
     settings: dict[str, Any]
+    # bm25 and dense import this module (top_k_run): at the top it would be a cycle
     if method == "bm25":
         from training.baselines.bm25 import BM25Index, BM25Settings
 

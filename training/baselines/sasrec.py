@@ -10,8 +10,10 @@ Training: each user's training interactions (all items but the last two), the la
 `max_len + 1` of them; the model reads items 1..m-1 and predicts the next item at every
 position (left-padded batches; padded positions are dropped before the output layer, so the
 (positions x items) logits matrix holds real positions only). Loss: cross-entropy over all
-items. Validation NDCG@10 after every epoch; the best epoch is checkpointed and training stops
-after `patience` epochs without improvement, `max_epochs`, or `time_budget_s`.
+items. The project's training loop (training.loop) runs it: AdamW at a constant learning rate,
+batches of similar lengths seeded by (seed, epoch), validation NDCG@10 after every epoch;
+training stops after `patience` epochs without improvement, `max_epochs`, or `time_budget_s`,
+and the best epoch's weights are kept (and saved).
 
 Evaluation: the validation history is the training interactions, the test history the same plus
 the validation item (the standard protocol), both cut to the last `max_len` items; the whole
@@ -33,11 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from training.baselines.recommendation import DEFAULT_KS, RecData, rank_metrics
 from training.config import config_to_dict
 from training.errors import ConfigError
+from training.loop import LoopSettings, distributed_context, shard, train
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class SASRecSettings:
     ffn_multiplier: int = field(default=4, metadata={"help": "Feed-forward width = ffn_multiplier * d."})
     max_len: int = field(default=50, metadata={"help": "Items of history the model reads."})
     dropout: float = field(default=0.5, metadata={"help": "Dropout on embeddings, attention and blocks."})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (constant)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     batch_size: int = field(default=128, metadata={"help": "Users per training batch."})
     max_epochs: int = field(default=200, metadata={"help": "Upper bound on training epochs."})
@@ -72,7 +74,7 @@ class SASRecSettings:
         metadata={"help": "torch CPU threads while training (0 = leave torch's setting). 1 by default: on "
                           "shared, oversubscribed CPUs extra OpenMP threads wait on each other (10x slower)."},
     )
-    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda."})
+    device: str = field(default="cpu", metadata={"help": "'cpu', 'cuda' or 'auto' (CUDA when present)."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
 
     def __post_init__(self) -> None:
@@ -264,13 +266,11 @@ def train_sasrec(
 
 def _train(data: RecData, settings: SASRecSettings, out_dir: Path | None, ks: Sequence[int]) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    device = torch.device(settings.device)
+    device = distributed_context(settings.device).device
 
     inputs, targets = training_arrays(data.train_sequences, settings.max_len)
     lengths = (inputs > 0).sum(1)  # (U',) real items per training sequence
     model = SASRec(data.num_items, settings).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     num_params = sum(p.numel() for p in model.parameters())
     logger.info("SASRec: %d parameters, %d training sequences, %d target positions",
                 num_params, len(inputs), int((targets > 0).sum()))
@@ -280,77 +280,45 @@ def _train(data: RecData, settings: SASRecSettings, out_dir: Path | None, ks: Se
                              settings.exclude_history, str(device))
         return rank_metrics(ranks, ks)
 
-    best_ndcg, best_epoch, stale = -1.0, 0, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    cpu_started = time.process_time()  # CPU seconds of this process: comparable across loaded machines
-    stop_reason = "max_epochs"
-    for epoch in range(1, settings.max_epochs + 1):
-        model.train()
-        epoch_start = time.perf_counter()
-        batches = length_bucketed_batches(lengths, settings.batch_size, rng)
-        total_loss, total_positions, seen_sequences = 0.0, 0, 0
-        bar = tqdm(batches, desc=f"sasrec epoch {epoch}", unit="batch", disable=not settings.progress,
-                   leave=False, mininterval=1.0)
-        for idx in bar:
-            width = int(lengths[idx].max())
-            x = torch.from_numpy(inputs[idx, -width:]).to(device)  # (B, width)
-            y = torch.from_numpy(targets[idx, -width:]).to(device)  # (B, width)
-            real = y > 0
-            hidden = model(x)[real]  # (P, d): real positions only
-            loss = F.cross_entropy(model.item_scores(hidden), y[real] - 1)  # logits (P, N)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total_loss += loss.item() * int(real.sum())
-            total_positions += int(real.sum())
-            seen_sequences += len(idx)
-            elapsed = time.perf_counter() - epoch_start
-            bar.set_postfix(loss=f"{total_loss / total_positions:.4f}",
-                            seq_per_s=f"{seen_sequences / max(elapsed, 1e-9):.0f}")
-        train_s = time.perf_counter() - epoch_start
-        valid = evaluate(data.valid_histories, data.valid_targets)
-        record = {"epoch": epoch, "loss": total_loss / total_positions, "train_s": round(train_s, 2),
-                  "eval_s": round(time.perf_counter() - epoch_start - train_s, 2), **valid}
-        history.append(record)
-        logger.info("epoch %d: loss %.4f, valid recall@10 %.4f ndcg@10 %.4f (%.1f s train, %.1f s eval)",
-                    epoch, record["loss"], valid.get("recall@10", float("nan")),
-                    valid.get("ndcg@10", float("nan")), train_s, record["eval_s"])
-        score = valid.get("ndcg@10", next(iter(valid.values())))
-        if score > best_ndcg:
-            best_ndcg, best_epoch, stale = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out_dir is not None:
-                Path(out_dir).mkdir(parents=True, exist_ok=True)
-                torch.save({"state_dict": best_state, "settings": config_to_dict(settings), "epoch": epoch,
-                            "item_ids": list(data.item_ids)}, Path(out_dir) / "sasrec-best.pt")
-        else:
-            stale += 1
-        if stale >= settings.patience:
-            stop_reason = "patience"
-            break
-        if settings.time_budget_s and time.perf_counter() - started > settings.time_budget_s:
-            stop_reason = "time_budget"
-            break
-    training_time = time.perf_counter() - started
-    training_cpu_time = time.process_time() - cpu_started
+    def batches(epoch: int, rank: int, world_size: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([settings.seed, epoch])
+        return shard(length_bucketed_batches(lengths, settings.batch_size, rng), rank, world_size)
 
-    assert best_state is not None  # at least one epoch ran
-    model.load_state_dict(best_state)
+    def loss_fn(model: nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        width = int(lengths[rows].max())
+        x = torch.from_numpy(inputs[rows, -width:]).to(device)  # (B, width)
+        y = torch.from_numpy(targets[rows, -width:]).to(device)  # (B, width)
+        real = y > 0
+        hidden = model(x)[real]  # (P, d): real positions only
+        return F.cross_entropy(model.item_scores(hidden), y[real] - 1), {}  # logits (P, N)
+
+    loop = LoopSettings(
+        epochs=settings.max_epochs, lr=settings.lr, weight_decay=settings.weight_decay, schedule="constant",
+        grad_clip=0.0, seed=settings.seed, amp=False, device=settings.device,
+        metric="ndcg@10" if 10 in ks else "", higher_is_better=True, patience=settings.patience,
+        time_budget_s=settings.time_budget_s, progress=settings.progress)
+    cpu_started = time.process_time()  # CPU seconds of this process: comparable across loaded machines
+    result = train(model, loop, batches, loss_fn,
+                   evaluate=lambda model: evaluate(data.valid_histories, data.valid_targets), name="sasrec")
+    training_cpu_time = time.process_time() - cpu_started
+    # the model now holds the weights of the best validation epoch
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "settings": config_to_dict(settings),
+                    "epoch": result.best_epoch, "item_ids": list(data.item_ids)}, Path(out_dir) / "sasrec-best.pt")
     metrics = {
         "valid": evaluate(data.valid_histories, data.valid_targets),
         "test": evaluate(data.test_histories, data.test_targets),
     }
     return {
         "metrics": metrics,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "stop_reason": stop_reason,
-        "training_time_s": round(training_time, 2),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stop_reason": "max_epochs" if result.stop_reason == "epochs" else result.stop_reason,
+        "training_time_s": round(result.seconds, 2),
         "training_cpu_time_s": round(training_cpu_time, 2),
-        "seconds_per_epoch": round(training_time / len(history), 2),
+        "seconds_per_epoch": round(result.seconds / len(result.history), 2),
         "num_parameters": num_params,
-        "epochs": history,
+        "epochs": result.history,
         "checkpoint": str(Path(out_dir) / "sasrec-best.pt") if out_dir is not None else None,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 HELP = "Build a small working bundle from the vendored data."
@@ -24,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
+    # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer build-demo --help` and argument
+    # errors import this module to build the parser and must answer at once
     from training.downstream.demo import build_demo, load_demo_config
     from training.downstream.export import parity_summary
 

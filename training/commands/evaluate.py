@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer evaluate --help` and argument
+    # errors import this module to build the parser and must answer at once
     from training.downstream.experiment import evaluate_task, load_finetuned, load_task
 
     record, config, _ = load_finetuned(args.model)

@@ -12,7 +12,12 @@ encoder's on at least --indexer-int8-min-agreement of the indexer's parity input
 from __future__ import annotations
 
 import argparse
+import json
+import random
 from pathlib import Path
+
+from bundle import HistorySpec
+from training.errors import UserInputError
 
 HELP = "Export a serving bundle (ONNX graphs, trie, documents)."
 
@@ -39,16 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import random
-
-    from bundle import HistorySpec
+    # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer export --help` and argument
+    # errors import this module to build the parser and must answer at once
     from training.downstream.experiment import final_ids, load_finetuned, load_task
     from training.downstream.export import BundleModel, export_bundle, parity_summary
     from training.downstream.finetune import load_indexer_network
     from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
     from training.encoder import load_tokenizer
-    from training.errors import UserInputError
     from training.indexing.network import SemanticIdNetwork
 
     given = {name: path for name, path in (("retriever", args.retriever), ("recommender", args.recommender)) if path}

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.downstream.experiment import DATASETS
+from training.config import load_config, preset_path
+from training.downstream.experiment import DATASETS, finetune_task, load_task
+from training.downstream.finetune import FinetuneConfig
+from training.downstream.tasks import load_id_source
 
 HELP = "Fine-tune the indexer for retrieval or recommendation."
 
@@ -28,11 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import load_config, preset_path
-    from training.downstream.experiment import finetune_task, load_task
-    from training.downstream.finetune import FinetuneConfig
-    from training.downstream.tasks import load_id_source
-
     config = load_config(FinetuneConfig, preset_path("finetune", args.preset), args.overrides)
     source = load_id_source(args.ids)
     task = load_task(args.dataset, args.data, config)

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred (measured: matplotlib and scikit-learn take 2-6 s to import): `lmindexer id-report --help` and
+    # argument errors import this module to build the parser and must answer at once
     from training.indexing.report import write_report
 
     out = write_report(args.run_dir, args.out, label_field=args.labels, corpus=args.corpus)

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.indexing.learning import METHODS
+from training.indexing.learning import METHODS, learn_ids
 
 HELP = "Learn semantic IDs for a corpus (lmindexer, rqvae, hc)."
 
@@ -36,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.indexing.learning import learn_ids
-
     record = learn_ids(corpus=args.corpus, method=args.method, out_dir=args.out, preset=args.preset,
                        overrides=args.overrides, label_field=args.labels, overwrite=args.overwrite)
     with open(Path(args.out) / record["files"]["metrics"], encoding="utf-8") as handle:

@@ -29,8 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bundle import HistorySpec
 from training.config import config_to_dict, load_config, preset_path
+from training.data.amazon import AmazonDataset, UserSequence, load_amazon, write_items_corpus
+from training.downstream.experiment import (
+    EvalSet,
+    Task,
+    beauty_task,
+    evaluate_task,
+    final_ids,
+    finetune_task,
+    load_finetuned,
+)
+from training.downstream.export import BundleModel, export_bundle
+from training.downstream.finetune import FinetuneConfig, load_indexer_network
+from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
+from training.encoder import load_tokenizer
 from training.errors import ConfigError
+from training.indexing.learning import learn_ids, resolve_method
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +90,6 @@ def load_demo_config(preset: str = "quick", overrides: tuple[str, ...] | list[st
 
 def beauty_subset(num_items: int, max_users: int) -> Any:
     """The vendored Beauty data restricted to its `num_items` most popular items (see the module docstring)."""
-    from training.data.amazon import AmazonDataset, UserSequence, load_amazon
-
     dataset = load_amazon()
     counts = Counter(a for user in dataset.sequences for a in user.items)
     keep = {asin for asin, _ in counts.most_common(num_items)}
@@ -93,8 +107,6 @@ def beauty_subset(num_items: int, max_users: int) -> Any:
 
 
 def _learn_ids(corpus: Path, out: Path, config: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    from training.indexing.learning import learn_ids, resolve_method
-
     method, preset = config.ids_method, config.ids_preset
     try:
         resolve_method(method)
@@ -112,23 +124,6 @@ def _learn_ids(corpus: Path, out: Path, config: DemoConfig, progress: bool = Tru
 def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_work: bool = False,
                progress: bool = True) -> dict[str, Any]:
     """Build the demo bundle at `out_dir` (see the module docstring); returns its manifest."""
-    from bundle import HistorySpec
-    from training.data.amazon import write_items_corpus
-    from training.downstream.evaluate import TorchModel  # noqa: F401  (import errors surface early)
-    from training.downstream.experiment import (
-        EvalSet,
-        Task,
-        beauty_task,
-        evaluate_task,
-        final_ids,
-        finetune_task,
-        load_finetuned,
-    )
-    from training.downstream.export import BundleModel, export_bundle
-    from training.downstream.finetune import FinetuneConfig, load_indexer_network
-    from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
-    from training.encoder import load_tokenizer
-
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} already exists and is not empty (use --overwrite to replace it)")

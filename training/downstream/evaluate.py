@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from bundle import Encoded, grouped_step_fn
 from training.data.trec import Run
 from training.indexing.network import SemanticIdNetwork
-from trie import StepFn
+from training.metrics import evaluate
+from trie import StepFn, constrained_beam_search
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +97,6 @@ def beam_search(model: Any, texts: Sequence[str], trie: Any, beam_size: int = 20
 
     `model` has encode(texts) -> Encoded and step_fn(encoded) -> trie StepFn (TorchModel or bundle.OnnxRunner).
     """
-    from tqdm.auto import tqdm
-
-    from trie import constrained_beam_search
-
     sizes = tuple(trie.codebook_sizes)
     num_levels = len(sizes) - 1
     parts: list[Any] = []
@@ -140,8 +138,6 @@ def decoded_run(decoded: Decoded, query_ids: Sequence[str], row_doc_ids: Sequenc
 
 def score_run(run: Run, qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str]) -> dict[str, float]:
     """Mean metrics over the queries of `qrels` (training.metrics conventions)."""
-    from training.metrics import evaluate
-
     return evaluate(run, qrels, metrics)
 
 

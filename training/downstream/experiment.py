@@ -18,15 +18,30 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
+from bundle import OnnxRunner, TextTokenizer
 from training.config import build_config, config_to_dict
-from training.data.corpus import Document
+from training.data.amazon import AmazonSettings, items_as_documents, leave_one_out, load_amazon
+from training.data.corpus import Document, write_corpus_jsonl
+from training.data.smart import cranfield_query_split, read_cranfield
+from training.data.trec import write_run
+from training.downstream.cold_start import index_cold_documents
+from training.downstream.evaluate import (
+    TorchModel,
+    beam_search,
+    decoded_run,
+    per_query_latency,
+    restrict_qrels,
+    score_run,
+)
 from training.downstream.finetune import FinetuneConfig, build_network, finalize_checkpoint, load_indexer_network, train
 from training.downstream.tasks import (
     Example,
@@ -37,7 +52,12 @@ from training.downstream.tasks import (
     recommendation_examples,
     retrieval_examples,
 )
+from training.encoder import load_tokenizer, resolve_encoder_path
 from training.errors import ConfigError
+from training.indexing.id_table import read_ids_jsonl, write_ids_jsonl
+from training.indexing.learning import learn_ids
+from training.indexing.network import SemanticIdNetwork
+from trie import SemanticIdTrie
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +114,6 @@ class Task:
 def beauty_task(dataset: Any = None, max_history: int = 20, train_examples: str = "prefix",
                 seed: int = 2023) -> Task:
     """Amazon Beauty (or any AmazonDataset) as a recommendation task: P5 leave-one-out."""
-    from training.data.amazon import AmazonSettings, items_as_documents, leave_one_out, load_amazon
-
     settings = build_config(AmazonSettings, {"max_history": max_history, "train_examples": train_examples,
                                              "seed": seed})
     dataset = dataset or load_amazon(settings)
@@ -116,8 +134,6 @@ def beauty_task(dataset: Any = None, max_history: int = 20, train_examples: str 
 def cranfield_task(directory: str | Path) -> Task:
     """Cranfield retrieval with the foundation's fixed train/dev/test query split. The two empty
     records (471, 995) get their doc_id as text so every document can hold an ID."""
-    from training.data.smart import cranfield_query_split, read_cranfield
-
     collection = read_cranfield(directory)
     documents = [d if d.text.strip() else Document(d.doc_id, f"document {d.doc_id}", d.category, d.metadata)
                  for d in collection.documents]
@@ -146,8 +162,6 @@ def load_task(name: str, data_dir: str | Path | None = None, config: FinetuneCon
     Defaults: the vendored copies under data/."""
     config = config or FinetuneConfig()
     if name == "beauty":
-        from training.data.amazon import AmazonSettings, load_amazon
-
         dataset = None
         if data_dir is not None:
             directory = Path(data_dir)
@@ -189,8 +203,6 @@ def finetune_task(task: Task, source: IdSource, config: FinetuneConfig, out_dir:
 
 def load_finetuned(out_dir: Path) -> tuple[dict[str, Any], FinetuneConfig, Any]:
     """(finetune.json, its config, the fine-tuned network) of a finetune output directory."""
-    from training.indexing.network import SemanticIdNetwork
-
     out_dir = Path(out_dir)
     path = out_dir / FINETUNE_RECORD
     if not path.is_file():
@@ -208,11 +220,6 @@ def final_ids(task: Task, source: IdSource, cold: set[str], network_config: Any,
     Cold documents get greedy codes from the indexer network + the next free counter when the IDs
     come from LMIndexer; otherwise they keep their method's IDs.
     """
-    from training.downstream.cold_start import index_cold_documents
-    from training.downstream.evaluate import TorchModel
-    from training.encoder import load_tokenizer
-    from trie import SemanticIdTrie
-
     id_of = source.id_of()
     sizes = list(network_config.codebook_sizes)
     known = [d for d in task.documents if d.doc_id in id_of]
@@ -240,11 +247,6 @@ def final_ids(task: Task, source: IdSource, cold: set[str], network_config: Any,
 def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "test"), beam_size: int | None = None,
                   max_queries: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate a finetune output on `splits`; writes out_dir/eval/<split>.run and metrics.json."""
-    from training.data.trec import write_run
-    from training.downstream.evaluate import TorchModel, beam_search, decoded_run, restrict_qrels, score_run
-    from training.encoder import load_tokenizer
-    from training.indexing.id_table import write_ids_jsonl
-
     out_dir = Path(out_dir)
     record, config, network = load_finetuned(out_dir)
     source = load_id_source(record["ids"])
@@ -338,11 +340,6 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
     Every stage skips work already done under `work` (learn-ids output, finetune.json, eval metrics), and
     fine-tuning resumes from its checkpoint, so an interrupted benchmark can be re-run to completion.
     """
-    import time
-
-    from training.data.corpus import write_corpus_jsonl
-    from training.indexing.learning import learn_ids
-
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.jsonl"
@@ -395,14 +392,8 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
 
 def _latency(task: Task, model_dir: Path, split: str, count: int) -> dict[str, Any]:
     """Per-query latency at beam 20 of one fine-tuned model, torch vs onnxruntime, on the CPU."""
-    import torch
-
-    from bundle import OnnxRunner, TextTokenizer
-    from training.downstream.evaluate import TorchModel, per_query_latency
+    # the export pulls in onnx and onnxscript (about 4 s more, measured): only this benchmark path needs it
     from training.downstream.export import export_onnx
-    from training.encoder import load_tokenizer, resolve_encoder_path
-    from training.indexing.id_table import read_ids_jsonl
-    from trie import SemanticIdTrie
 
     record, config, network = load_finetuned(model_dir)
     table = read_ids_jsonl(model_dir / "eval" / "ids.jsonl")  # the evaluated documents, cold ones included

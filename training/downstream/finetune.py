@@ -5,11 +5,11 @@ saved network when the IDs come from LMIndexer, and otherwise from the pretraine
 fresh decoder and codebooks sized to the ID table (`build_network`). The loss is the mean over
 levels 0..L of the cross-entropy of the teacher-forced logits (the network's `forward`).
 
-The loop (`train`): AdamW with linear warm-up and linear decay, gradient clipping, mixed
-precision on CUDA (bf16 where supported, else fp16 with a grad scaler), DistributedDataParallel
-when started under `torchrun` (WORLD_SIZE > 1), a tqdm progress bar, and a checkpoint every
-`checkpoint_every` steps (network + optimiser + scheduler + step) from which a re-run resumes.
-The data order is a function of (seed, epoch) only, so a resumed run sees the same batches.
+`train` runs the project's one training loop (training.loop): AdamW with linear warm-up and
+linear decay over `steps`, encoder at `lr` and the rest at `head_lr`, gradient clipping, mixed
+precision on CUDA, data parallelism under `torchrun`, and a checkpoint every `checkpoint_every`
+steps under out_dir/checkpoint from which a re-run resumes. The data order is a function of
+(seed, epoch) only (`example_batches`), so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +32,12 @@ from training.downstream.tasks import Example, IdSource
 from training.encoder import DEFAULT_ENCODER, load_tokenizer
 from training.errors import ConfigError
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
+from training.loop import LoopSettings, shard
+from training.loop import train as train_loop
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-TRAINER_STATE = "trainer.pt"
 
 
 @dataclass(frozen=True)
@@ -161,180 +160,72 @@ def load_network_tokenizer(network: SemanticIdNetwork) -> Any:
     return load_tokenizer(network.config.encoder)
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, local rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
-
-
-def _parameter_groups(network: SemanticIdNetwork, config: FinetuneConfig) -> list[dict[str, Any]]:
-    """Encoder at `lr`, the rest at `head_lr`; no weight decay on biases, norms and codebooks."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, parameter in network.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_encoder = name.startswith("encoder.")
-        no_decay = parameter.ndim < 2 or "norm" in name.lower() or name in ("codebooks", "counter_head")
-        groups.setdefault((is_encoder, no_decay), []).append(parameter)
-    return [{"params": params, "lr": config.lr if is_encoder else config.head_lr,
-             "weight_decay": 0.0 if no_decay else config.weight_decay}
-            for (is_encoder, no_decay), params in groups.items()]
-
-
-def _schedule(config: FinetuneConfig) -> Any:
-    """Linear warm-up to 1, then linear decay to 0 at `steps` (a LambdaLR multiplier)."""
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / max(1, config.warmup_steps)
-        return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))
-    return factor
-
-
 def level_losses(logits: Sequence[torch.Tensor], codes: torch.Tensor) -> torch.Tensor:
     """(L + 1,) cross-entropy of each level: logits[t] (B, size_t), codes (B, L + 1)."""
     return torch.stack([nn.functional.cross_entropy(x.float(), codes[:, t]) for t, x in enumerate(logits)])
 
 
-def _batches_for_epoch(num_examples: int, batch_size: int, seed: int, epoch: int, rank: int,
-                       world: int) -> list[np.ndarray]:
-    """The epoch's batches of example indices for this process: a permutation seeded by (seed, epoch),
-    cut into global batches of batch_size * world, each process taking its slice."""
+def example_batches(num_examples: int, batch_size: int, seed: int, epoch: int, rank: int,
+                    world_size: int) -> list[np.ndarray]:
+    """This rank's batches of example indices in `epoch`: a permutation seeded by (seed, epoch) cut
+    into batches of `batch_size` (the last, partial one dropped), every world_size-th for this rank
+    (training.loop.shard), so a step of W ranks sees the W * batch_size examples of one process with
+    W * batch_size. Fewer examples than that: W equal batches of what there is."""
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    global_batch = batch_size * world
-    batches = []
-    for start in range(0, num_examples - global_batch + 1 if num_examples >= global_batch else 1, global_batch):
-        chunk = order[start:start + global_batch]
-        batches.append(chunk[rank::world])
-    return batches
+    size = batch_size if num_examples >= batch_size * world_size else max(1, num_examples // world_size)
+    return shard([order[start:start + size] for start in range(0, num_examples - size + 1, size)], rank, world_size)
 
 
-def save_checkpoint(directory: Path, network: SemanticIdNetwork, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, scaler: Any, step: int, losses: list[float]) -> None:
-    """Write a resumable checkpoint atomically (a staged directory renamed into place)."""
-    stage = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(stage, ignore_errors=True)
-    network.save(stage)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "step": step, "losses": losses, "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               stage / TRAINER_STATE)
-    old = directory.with_name(f".{directory.name}.old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-    stage.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+def loop_settings(config: FinetuneConfig, progress: bool = True) -> LoopSettings:
+    """The training loop's settings of a fine-tuning run: `steps` steps, linear warm-up and decay."""
+    return LoopSettings(epochs=0, max_steps=config.steps, lr=config.lr, weight_decay=config.weight_decay,
+                        schedule="linear", warmup_steps=config.warmup_steps, grad_clip=config.grad_clip,
+                        seed=config.seed, amp=config.amp, checkpoint_every=config.checkpoint_every,
+                        checkpoint_epochs=False, progress=progress)
 
 
 def train(network: SemanticIdNetwork, examples: Sequence[Example], config: FinetuneConfig,
           out_dir: Path, tokenizer: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune `network` in place on `examples`; checkpoints under out_dir/checkpoint.
+    """Fine-tune `network` in place on `examples` with training.loop; checkpoints under out_dir/checkpoint.
 
-    Resumes from out_dir/checkpoint when one exists. Returns the loss history and timings.
+    Resumes from out_dir/checkpoint when one exists. Returns the loss of every step and timings.
     """
     if not examples:
         raise ConfigError("no training examples (every target held out, or an empty task)")
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rank, local_rank, world = _distributed()
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    if not torch.cuda.is_available():
         torch.set_num_threads(max(1, config.num_threads))
     tokenizer = tokenizer or load_network_tokenizer(network)
-    checkpoint = out_dir / CHECKPOINT_DIR
-    start_step, losses = 0, []
-    trainer_state = None
-    if (checkpoint / TRAINER_STATE).is_file():
-        resumed = SemanticIdNetwork.load(checkpoint)
-        network.load_state_dict(resumed.state_dict())
-        trainer_state = torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
-        start_step, losses = int(trainer_state["step"]), list(trainer_state["losses"])
-        logger.info("resuming from %s at step %d", checkpoint, start_step)
-    network.to(device).train()
     word_embeddings = getattr(getattr(network.encoder, "embeddings", None), "word_embeddings", None)
     if word_embeddings is None and hasattr(network.encoder, "embed_tokens"):  # T5 encoder stack
         word_embeddings = network.encoder.embed_tokens
     if word_embeddings is not None:
         word_embeddings.weight.requires_grad_(config.train_word_embeddings)
-    model: nn.Module = network
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(network, device_ids=[local_rank] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(_parameter_groups(network, config))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
-    if trainer_state is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        if scaler is not None and trainer_state.get("scaler"):
-            scaler.load_state_dict(trainer_state["scaler"])
-        # Dropout draws continue where the interrupted run left them, so a resumed run is the same run.
-        torch.set_rng_state(trainer_state["rng"])
-        if trainer_state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
-
     texts = [e.text for e in examples]
     targets = torch.tensor([e.semantic_id for e in examples], dtype=torch.long)  # (N, L+1)
-    per_epoch = len(_batches_for_epoch(len(examples), config.batch_size, config.seed, 0, rank, world))
-    started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start_step, desc="finetune", unit="step",
-               disable=not progress or rank != 0)
-    step = start_step
-    while step < config.steps:
-        epoch, offset = divmod(step, per_epoch)
-        batches = _batches_for_epoch(len(examples), config.batch_size, config.seed, epoch, rank, world)
-        for rows in batches[offset:]:
-            if step >= config.steps:
-                break
-            encoded = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                max_length=config.max_input_length, return_tensors="pt")
-            codes = targets[rows].to(device)  # (B, L+1)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(encoded["input_ids"].to(device), encoded["attention_mask"].to(device), codes)
-            per_level = level_losses(logits, codes)  # (L+1,)
-            loss = per_level.mean()
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}",
-                            levels="/".join(f"{v:.2f}" for v in per_level.detach().tolist()))
-            if rank == 0 and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                save_checkpoint(checkpoint, network, optimizer, scheduler, scaler, step, losses)
-    bar.close()
-    network.eval()
-    seconds = time.perf_counter() - started
-    logger.info("fine-tuned %d steps (%d examples) in %.1f s, final loss %.4f", config.steps - start_step,
-                len(examples), seconds, float(np.mean(losses[-20:])) if losses else math.nan)
-    return {"steps": step, "resumed_from": start_step, "examples": len(examples), "losses": losses,
-            "train_seconds": round(seconds, 3), "device": str(device), "world_size": world,
-            "config": config_to_dict(config)}
+
+    def batches(epoch: int, rank: int, world_size: int) -> list[np.ndarray]:
+        return example_batches(len(examples), config.batch_size, config.seed, epoch, rank, world_size)
+
+    def loss_fn(model: nn.Module, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        device = network.codebooks.device
+        encoded = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                            max_length=config.max_input_length, return_tensors="pt")
+        codes = targets[rows].to(device)  # (B, L+1)
+        logits = model(encoded["input_ids"].to(device), encoded["attention_mask"].to(device), codes)
+        per_level = level_losses(logits, codes)  # (L+1,)
+        return per_level.mean(), {f"level{t}": value for t, value in enumerate(per_level.detach().tolist())}
+
+    result = train_loop(network, loop_settings(config, progress), batches, loss_fn, out_dir / CHECKPOINT_DIR,
+                        lr_of=lambda name: config.lr if name.startswith("encoder.") else config.head_lr,
+                        no_decay=("codebooks", "counter_head"), name="finetune")
+    losses = result.step_losses
+    logger.info("fine-tuned %d steps (%d examples) in %.1f s, final loss %.4f", result.steps - result.resumed_from,
+                len(examples), result.seconds, float(np.mean(losses[-20:])) if losses else math.nan)
+    return {"steps": result.steps, "resumed_from": result.resumed_from, "examples": len(examples),
+            "losses": losses, "train_seconds": round(result.seconds, 3), "device": result.device,
+            "world_size": result.world_size, "config": config_to_dict(config)}
 
 
 def finalize_checkpoint(out_dir: Path) -> None:

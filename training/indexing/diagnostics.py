@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import adjusted_mutual_info_score
 
 
 def prefix_groups(codes: np.ndarray, depth: int) -> np.ndarray:
@@ -81,8 +82,6 @@ def collision_statistics(codes: np.ndarray) -> dict[str, Any]:
 
 def adjusted_mutual_information(clusters: np.ndarray, labels: Sequence[str | None]) -> float | None:
     """AMI between cluster ids and labels over the rows that have a label; None without labels."""
-    from sklearn.metrics import adjusted_mutual_info_score
-
     keep = np.array([label is not None for label in labels], dtype=bool)
     if keep.sum() < 2:
         return None

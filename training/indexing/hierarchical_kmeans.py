@@ -30,17 +30,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from training.config import config_to_dict
+from training.data.corpus import Document
 from training.errors import ConfigError
 from training.indexing.embedding_cache import EmbeddingSettings
 from training.indexing.learning import LearnedCodes
-
-if TYPE_CHECKING:
-    from training.data.corpus import Document
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ def kmeans_labels(
 
     k' <= k: clusters k-means left empty are dropped (their numbers are reused by the next ones).
     """
-    from sklearn.cluster import KMeans
-
     k = min(k, len(x))
     model = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed)
     raw = model.fit_predict(x)
@@ -104,8 +103,6 @@ def hierarchical_kmeans(
     embeddings: np.ndarray, config: HCConfig
 ) -> tuple[list[list[int]], dict[str, np.ndarray], list[_Node]]:
     """Paths (variable length, one per row), centroids per split node, and the node list."""
-    from threadpoolctl import threadpool_limits
-
     n = len(embeddings)
     paths: list[list[int]] = [[] for _ in range(n)]
     centroids: dict[str, np.ndarray] = {}
@@ -160,8 +157,6 @@ def pad_paths(paths: list[list[int]], pad: int = 0) -> np.ndarray:
 
 def learn_hc_codes(documents: list[Document], config: HCConfig, out_dir: Path) -> LearnedCodes:
     """Embed the documents, build the tree, write the centroids; codes padded with 0 (see above)."""
-    from safetensors.numpy import save_file
-
     started = time.perf_counter()
     embeddings = config.embed([d.text for d in documents])
     embed_seconds = time.perf_counter() - started

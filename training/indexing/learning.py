@@ -43,15 +43,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from training.config import config_to_dict, load_config, preset_path
+from training.data.corpus import Document, read_corpus_jsonl
 from training.errors import ConfigError, UserInputError
-
-if TYPE_CHECKING:
-    from training.data.corpus import Document
+from training.indexing.id_table import assign_semantic_ids, write_ids_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -207,9 +206,9 @@ def learn_ids(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline (see the module docstring); returns the contents of run.json."""
-    from training.data.corpus import read_corpus_jsonl
+    # diagnostics imports scikit-learn (1-4 s, measured): deferred so that `lmindexer learn-ids --help` and
+    # the argument checks, which import this module for METHODS, answer at once
     from training.indexing.diagnostics import code_diagnostics
-    from training.indexing.id_table import assign_semantic_ids, write_ids_jsonl
 
     corpus = Path(corpus)
     config = load_method_config(method, preset, overrides)  # config errors before any work

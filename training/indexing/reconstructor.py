@@ -22,12 +22,10 @@ The loss is cross-entropy over every real token (losses.reconstruction_loss).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from training.indexing.network import _attention
+from training.indexing.attention import absorbed_attention, attention
 
 
 def sample_hint_mask(attention_mask: torch.Tensor, p: float, generator: torch.Generator | None = None,
@@ -49,29 +47,6 @@ def sample_hint_mask(attention_mask: torch.Tensor, p: float, generator: torch.Ge
     keep = torch.rand((b, r, s), generator=generator).to(device) >= p
     not_self = query_positions.unsqueeze(-1) != torch.arange(s, device=device).view(1, 1, s)  # (B, R, S)
     return keep & not_self & attention_mask.bool().view(b, 1, s)
-
-
-def absorbed_attention(query: torch.Tensor, memory: torch.Tensor, key_weight: torch.Tensor, value_weight: torch.Tensor,
-                       value_bias: torch.Tensor, mask: torch.Tensor | None, num_heads: int) -> torch.Tensor:
-    """Multi-head attention of projected queries over *unprojected* memory, equal to projecting it.
-
-    query (N, Q, d) already projected; memory (N, M, d); key_weight / value_weight (d, d) and
-    value_bias (d,) the key / value projections (nn.Linear layout: out x in); mask broadcastable to
-    (N, 1, Q, M), True = may attend. Per head h with q_h (dh,) and W_k,h (dh, d):
-    q_h . (W_k,h m + b_k,h) = (W_k,h^T q_h) . m + const, and the constant (the key bias) cancels in
-    the softmax; sum_s a_s (W_v,h m_s + b_v,h) = W_v,h (sum_s a_s m_s) + b_v,h. The cost is
-    O(Q (d^2 + H M d)) instead of O(M d^2): far less when a few queries read a long memory.
-    """
-    n, q_len, d = query.shape
-    head = d // num_heads
-    qh = query.view(n, q_len, num_heads, head)
-    folded = torch.einsum("nqhe,hed->nhqd", qh, key_weight.view(num_heads, head, d))  # (N, H, Q, d)
-    scores = folded @ memory.unsqueeze(1).transpose(-1, -2) / math.sqrt(head)  # (N, H, Q, M)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    pooled = scores.softmax(dim=-1) @ memory.unsqueeze(1)  # (N, H, Q, d)
-    out = torch.einsum("nhqd,hed->nqhe", pooled, value_weight.view(num_heads, head, d))  # (N, Q, H, dh)
-    return out.reshape(n, q_len, d) + value_bias
 
 
 class ReconstructorLayer(nn.Module):
@@ -101,7 +76,7 @@ class ReconstructorLayer(nn.Module):
                                           mask.unsqueeze(1), self.num_heads)
         else:
             k, v = self.kv(memory).chunk(2, dim=-1)
-            attended = _attention(q, k, v, mask.unsqueeze(1), self.num_heads)
+            attended = attention(q, k, v, mask.unsqueeze(1), self.num_heads)
         query = query + self.dropout(self.out(attended))
         return query + self.dropout(self.ff(self.ff_norm(query)))
 

@@ -25,10 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from training.data.corpus import read_corpus_jsonl
 from training.errors import UserInputError
 from training.indexing.diagnostics import code_diagnostics
 from training.indexing.id_table import read_ids_jsonl
+from training.indexing.learning import label_values
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +90,6 @@ def load_inputs(run_dir: Path, label_field: str | None = None, corpus: Path | No
 
 def corpus_labels(corpus: Path, doc_ids: Sequence[str], label_field: str) -> list[str | None] | None:
     """The label of each doc_id (None where missing) read from the corpus."""
-    from training.data.corpus import read_corpus_jsonl
-    from training.indexing.learning import label_values
-
     documents = read_corpus_jsonl(corpus)
     by_id = dict(zip((d.doc_id for d in documents), label_values(documents, label_field) or [], strict=False))
     if not by_id:
@@ -100,21 +103,17 @@ def short_label(label: str, parts: int = 2) -> str:
     return " > ".join(pieces[-parts:]) if pieces else label
 
 
-def _png(fig: Any) -> str:
-    """A matplotlib figure as a base64 PNG data URI (and close it)."""
-    import matplotlib.pyplot as plt
-
+def _png(fig: Figure) -> str:
+    """A matplotlib figure as a base64 PNG data URI."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def figure_ami(levels: list[dict[str, Any]], label_field: str) -> Any:
     """Bar chart: AMI of the prefix c_1..c_t against the labels, per level."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(levels), 3.4))
+    fig = Figure(figsize=(1.6 + 1.3 * len(levels), 3.4))
+    ax = fig.subplots()
     values = [lv.get("ami") or 0.0 for lv in levels]
     names = [f"level {lv['level'] + 1}\n({lv['prefixes']} prefixes)" for lv in levels]
     bars = ax.bar(names, values, color="#4C72B0")
@@ -137,11 +136,9 @@ def figure_ami(levels: list[dict[str, Any]], label_field: str) -> Any:
 
 def figure_usage(codes: np.ndarray, codebook_sizes: Sequence[int]) -> Any:
     """Per level: documents per code, codes sorted by count (unused codes show as the empty tail)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     levels = codes.shape[1]
-    fig, axes = plt.subplots(1, levels, figsize=(4.2 * levels, 3.2), squeeze=False)
+    fig = Figure(figsize=(4.2 * levels, 3.2))
+    axes = fig.subplots(1, levels, squeeze=False)
     for level, ax in enumerate(axes[0]):
         size = int(codebook_sizes[level])
         counts = np.sort(np.bincount(codes[:, level], minlength=size))[::-1]
@@ -161,10 +158,9 @@ def figure_usage(codes: np.ndarray, codebook_sizes: Sequence[int]) -> Any:
 
 def figure_collisions(histogram: dict[str, int]) -> Any:
     """Bar chart: how many distinct learned codes hold 1, 2, 3, ... documents."""
-    import matplotlib.pyplot as plt
-
     sizes = sorted((int(s), c) for s, c in histogram.items())
-    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    fig = Figure(figsize=(6.5, 3.0))
+    ax = fig.subplots()
     ax.bar([s for s, _ in sizes], [c for _, c in sizes], color="#C44E52", width=0.8)
     ax.set_xlabel("documents sharing one learned code (collision group size)")
     ax.set_ylabel("groups")
@@ -180,8 +176,6 @@ def figure_category_mix(groups: np.ndarray, labels: Sequence[str | None], title:
     groups: (N,) code of each document (rows of one selection); labels: (N,) their labels.
     The TOP_CATEGORIES most frequent categories among the shown groups get their own colour.
     """
-    import matplotlib.pyplot as plt
-
     labelled = [(int(g), lab) for g, lab in zip(groups, labels, strict=True) if lab is not None]
     sizes = Counter(g for g, _ in labelled)
     shown = [g for g, _ in sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:TOP_CODES]]
@@ -191,11 +185,12 @@ def figure_category_mix(groups: np.ndarray, labels: Sequence[str | None], title:
         overall.update(counts)
     # tab20 without its two greys (grey means "other categories"): the dark shades go to the 8 most
     # frequent categories and the light ones to the next 8, so look-alike pairs are far apart.
-    tab20 = plt.get_cmap("tab20").colors
+    tab20 = colormaps["tab20"].colors
     palette = [tab20[i] for i in range(0, 20, 2) if i != 14] + [tab20[i] for i in range(1, 20, 2) if i != 15]
     top = [lab for lab, _ in overall.most_common(TOP_CATEGORIES)]
     colours = {lab: palette[i % len(palette)] for i, lab in enumerate(top)}
-    fig, ax = plt.subplots(figsize=(11, 0.55 * len(shown) + 1.6))
+    fig = Figure(figsize=(11, 0.55 * len(shown) + 1.6))
+    ax = fig.subplots()
     for row, g in enumerate(shown):
         total = sum(per_group[g].values())
         left = 0.0
@@ -220,11 +215,11 @@ def figure_category_mix(groups: np.ndarray, labels: Sequence[str | None], title:
     ax.set_yticklabels(ticks, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
     ax.set_xlabel("share of the code's documents")
     ax.set_title(title, fontsize=11)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[lab]) for lab in top]
-    handles.append(plt.Rectangle((0, 0), 1, 1, color="#BBBBBB"))
+    handles = [Rectangle((0, 0), 1, 1, color=colours[lab]) for lab in top]
+    handles.append(Rectangle((0, 0), 1, 1, color="#BBBBBB"))
     ax.legend(
         handles,
         [short_label(lab) for lab in top] + ["other categories"],
@@ -433,9 +428,6 @@ def write_report(
     run_dir: Path, out: Path | None = None, label_field: str | None = None, corpus: Path | None = None
 ) -> Path:
     """Render the report of a learn-ids directory to `out` (default DIR/report.html)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     inputs = load_inputs(run_dir, label_field, corpus)
     out = Path(out) if out else Path(run_dir) / "report.html"
     tmp = out.with_name(f".{out.name}.tmp")

@@ -13,10 +13,10 @@ straight-through estimator (z + (z_q - z).detach()). Loss (per document, summed 
 Training schedule: `warmup_epochs` of a plain autoencoder (z fed to the decoder unquantised) so
 the latent space has structure; then each level's codebook is initialised by k-means on the
 residuals of all documents, level after level; then full training with AdamW (linear warm-up,
-cosine decay, gradient clipping). Every `restart_every` epochs, codes no document uses are
-restarted at the residuals of random documents (dead-code restarts), up to
-`restart_until` x epochs so the final codes settle. Deterministic on CPU for a fixed seed and
-thread count.
+cosine decay, gradient clipping); both phases run by training.loop. Every `restart_every` epochs,
+codes no document uses are restarted at the residuals of random documents (dead-code restarts),
+up to `restart_until` x epochs so the final codes settle. Deterministic on CPU for a fixed seed
+and thread count.
 
 Checkpoint: `model.safetensors` (the module's state dict) and `config.json` (settings, dims).
 """
@@ -26,23 +26,24 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from training.config import config_to_dict
+from training.data.corpus import Document
 from training.errors import ConfigError
 from training.indexing.embedding_cache import EmbeddingSettings
 from training.indexing.learning import LearnedCodes
-
-if TYPE_CHECKING:
-    from training.data.corpus import Document
+from training.loop import LoopSettings, distributed_context, shard, train
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +194,6 @@ class RQVAE(nn.Module):
 
 def _kmeans_centroids(points: np.ndarray, k: int, seed: int, n_init: int, max_iter: int) -> np.ndarray:
     """(k, D) k-means centroids; with fewer distinct points than k the rest are jittered copies."""
-    from sklearn.cluster import KMeans
-
     rng = np.random.default_rng(seed)
     n_clusters = min(k, len(np.unique(points.round(6), axis=0)))
     centers = (
@@ -211,8 +210,6 @@ def _kmeans_centroids(points: np.ndarray, k: int, seed: int, n_init: int, max_it
 @torch.no_grad()
 def kmeans_init_codebooks(model: RQVAE, x: torch.Tensor, config: RQVAEConfig) -> None:
     """Set each level's codebook to k-means centroids of the residuals left by the levels above."""
-    from threadpoolctl import threadpool_limits
-
     for level in range(model.num_levels):
         residual = model.residuals_at(x, level).cpu().numpy()  # (N, D)
         with threadpool_limits(limits=config.threads):
@@ -244,87 +241,66 @@ def restart_dead_codes(model: RQVAE, x: torch.Tensor, generator: torch.Generator
     return restarted
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0.05."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def train_rqvae(embeddings: np.ndarray, config: RQVAEConfig) -> tuple[RQVAE, dict[str, Any]]:
-    """Train an rq-VAE on embeddings (N, d); returns the model (eval mode) and a training log."""
-    from tqdm.auto import tqdm
+    """Train an rq-VAE on embeddings (N, d) with training.loop; returns the model (eval mode) and a log.
 
+    Two runs of the loop, each with a fresh AdamW (linear warm-up over `lr_warmup_ratio` of its
+    steps, cosine decay to 0.05 x lr): the autoencoder phase, then, after the k-means
+    initialisation, the quantised phase with dead-code restarts at the end of every
+    `restart_every`-th epoch. The data order and the restarts are seeded by (seed, phase, epoch).
+    """
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    device = (
-        "cuda"
-        if config.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if config.device == "auto" else config.device)
-    )
-    generator = torch.Generator().manual_seed(config.seed)
+    device = distributed_context(config.device).device
     x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)  # (N, d)
     model = RQVAE(
         x.shape[1], config.hidden_dims, config.latent_dim, config.num_levels, config.codebook_size
     ).to(device)
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
 
-    def run_epochs(epochs: int, quantize: bool, phase: str) -> None:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        total = epochs * steps_per_epoch
-        warmup = max(1, int(config.lr_warmup_ratio * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
-        bar = tqdm(range(epochs), desc=f"rq-VAE {phase}", unit="epoch", disable=not config.progress)
-        for epoch in bar:
-            model.train()
-            order = torch.randperm(len(x), generator=generator).to(device)
-            sums = {"loss": 0.0, "recon": 0.0, "codebook": 0.0, "commitment": 0.0}
-            started = time.perf_counter()
-            for start in range(0, len(x), config.batch_size):
-                batch = x[order[start : start + config.batch_size]]  # (B, d)
-                out = model(batch, beta=config.beta, quantize=quantize)
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                if config.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                for key in sums:
-                    sums[key] += out[key].item() * len(batch)
-            record = {key: value / len(x) for key, value in sums.items()}
-            record.update(
-                phase=phase, epoch=epoch, docs_per_s=len(x) / max(time.perf_counter() - started, 1e-9)
-            )
-            if (
-                quantize
-                and config.restart_every
-                and (epoch + 1) % config.restart_every == 0
-                and epoch + 1 <= config.restart_until * epochs
-            ):
-                record["restarts"] = restart_dead_codes(model, x, generator)
-            history.append(record)
-            bar.set_postfix(
-                loss=f"{record['loss']:.4f}",
-                recon=f"{record['recon']:.4f}",
-                docs_s=f"{record['docs_per_s']:.0f}",
-            )
+    def run_phase(epochs: int, quantize: bool, phase: str) -> None:
+        phase_seed = 1 if quantize else 0
+
+        def batches(epoch: int, rank: int, world_size: int) -> list[torch.Tensor]:
+            order = np.random.default_rng([config.seed, phase_seed, epoch]).permutation(len(x))
+            rows = [torch.from_numpy(order[start : start + config.batch_size]).to(device)
+                    for start in range(0, len(x), config.batch_size)]
+            return shard(rows, rank, world_size)
+
+        def loss_fn(model: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            out = model(x[rows], beta=config.beta, quantize=quantize)  # x[rows]: (B, d)
+            return out["loss"], {key: float(out[key].detach()) for key in ("recon", "codebook", "commitment")}
+
+        def on_epoch_end(epoch: int) -> dict[str, Any]:
+            figures: dict[str, Any] = {"phase": phase}
+            if (quantize and config.restart_every and (epoch + 1) % config.restart_every == 0
+                    and epoch + 1 <= config.restart_until * epochs):
+                generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+                figures["restarts"] = restart_dead_codes(model, x, generator)
+            return figures
+
+        steps = epochs * len(batches(0, 0, 1))
+        settings = LoopSettings(
+            epochs=epochs, lr=config.lr, weight_decay=config.weight_decay, schedule="cosine",
+            warmup_steps=max(1, int(config.lr_warmup_ratio * steps)), min_lr_ratio=0.05,
+            grad_clip=config.grad_clip, seed=config.seed, amp=False, device=config.device,
+            progress=config.progress)
+        result = train(model, settings, batches, loss_fn, on_epoch_end=on_epoch_end, no_decay=("codebooks",),
+                       name=f"rq-VAE {phase}")
+        history.extend(result.history)
 
     if config.warmup_epochs:
-        run_epochs(config.warmup_epochs, quantize=False, phase="autoencoder")
+        run_phase(config.warmup_epochs, quantize=False, phase="autoencoder")
     if config.kmeans_init:
         model.eval()
         kmeans_init_codebooks(model, x, config)
-    run_epochs(config.epochs, quantize=True, phase="rq")
+    run_phase(config.epochs, quantize=True, phase="rq")
     model.eval()
     return model, {"history": history}
 
 
 def learn_rqvae_codes(documents: list[Document], config: RQVAEConfig, out_dir: Path) -> LearnedCodes:
     """Embed the documents, train the rq-VAE, write its checkpoint and return its codes (N, L)."""
-    from safetensors.torch import save_file
-
     started = time.perf_counter()
     embeddings = config.embed([d.text for d in documents])
     embed_seconds = time.perf_counter() - started

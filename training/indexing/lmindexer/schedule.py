@@ -1,0 +1,384 @@
+"""The LMIndexer schedule: the progressive, level-by-level stages (see the package docstring), each
+trained by the project's one training loop (training.loop), with k-means codebook initialisation
+and code assignment between them.
+
+Outputs under `out_dir`: `network/` (SemanticIdNetwork.save: fine-tuning starts from it),
+`reconstructor.safetensors`, `lmindexer.json` (the config and per-level diagnostics) and
+`checkpoints/<stage>/` (one resumable training-loop run per stage; `checkpoint_dir` puts them
+elsewhere, e.g. to resume a killed `learn-ids`, whose output directory is a fresh staging directory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.metrics import adjusted_mutual_info_score
+
+from training.config import config_to_dict
+from training.data.corpus import Document
+from training.indexing.diagnostics import code_perplexity, same_prefix_diff_ratio
+from training.indexing.learning import LearnedCodes
+from training.indexing.lmindexer.config import LMIndexerConfig
+from training.indexing.lmindexer.encoder_states import EncoderStates, state_cache_key, tokenize_corpus
+from training.indexing.lmindexer.model import DocumentBatch, IndexerModel, StageSpec, init_decoder_as_mean_pool
+from training.indexing.network import NetworkConfig, SemanticIdNetwork
+from training.indexing.reconstructor import Reconstructor
+from training.loop import DistContext, LoopSettings, distributed_context, finished, seed_everything, shard, train
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "lmindexer.json"
+RECONSTRUCTOR_FILE = "reconstructor.safetensors"
+NETWORK_DIR = "network"
+
+# Seeds of the stages' data order: (seed, this + 10 * level, epoch).
+_STAGE_SEEDS = {"warmup": 1, "nocode": 2, "full": 3}
+
+
+class LMIndexer:
+    """Holds the corpus, the model and the codes, and runs the schedule (see the package docstring)."""
+
+    def __init__(self, texts: Sequence[str], config: LMIndexerConfig, out_dir: Path,
+                 context: DistContext | None = None) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.context = context or DistContext()
+        self.device = self.context.device
+        self.texts = list(texts)
+        seed_everything(config.seed)
+        self.corpus = tokenize_corpus(self.texts, config)
+        network = SemanticIdNetwork(NetworkConfig(
+            encoder=config.encoder, num_levels=config.num_levels, codebook_size=config.codebook_size,
+            counter_size=config.counter_size, decoder_layers=config.decoder_layers,
+            decoder_heads=config.decoder_heads, decoder_ff_size=config.decoder_ff_size, dropout=config.dropout))
+        if config.decoder_init == "mean_pool":
+            init_decoder_as_mean_pool(network)
+        self.encoder_states = EncoderStates(network, config)
+        reconstructor = Reconstructor(network.hidden_size, len(self.corpus.vocab_ids),
+                                      num_layers=config.reconstructor_layers, num_heads=config.reconstructor_heads,
+                                      ff_size=config.reconstructor_ff_size, dropout=config.dropout,
+                                      max_positions=max(config.max_length, 8))
+        self.model = IndexerModel(network, reconstructor, self.encoder_states, self.corpus, config).to(self.device)
+        self.network = network
+        self.codes = np.zeros((len(self.corpus), config.num_levels), dtype=np.int64)
+        n = len(self.corpus)
+        dev_rng = np.random.default_rng(config.seed + 7)
+        self.dev_rows = np.sort(dev_rng.choice(n, size=min(config.dev_size, n), replace=False)).tolist()
+        self.labels: list[str | None] | None = None
+        self.diagnostics: dict[str, Any] = {"levels": [], "stages": []}
+        self.checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else self.out_dir / "checkpoints"
+
+    def batch(self, rows: Sequence[int], level: int) -> DocumentBatch:
+        """The documents `rows` with their codes of the levels before `level`."""
+        rows = [int(r) for r in rows]
+        return DocumentBatch(rows, self.codes[rows, :level])
+
+    # ----------------------------------------------------------------------------------------------
+    # batches
+
+    def batches(self, epoch: int, level: int, stage_seed: int, fraction: float = 1.0) -> list[list[int]]:
+        """Document rows per step for `epoch`: shuffled; from level 1 on, packed by shared prefix.
+
+        A random `fraction * train_fraction` of the documents takes part (fresh each epoch)."""
+        config = self.config
+        rng = np.random.default_rng([config.seed, stage_seed, epoch])
+        n = len(self.corpus)
+        rows = rng.permutation(n)
+        keep = fraction * config.train_fraction
+        if keep < 1.0:
+            rows = rows[: min(n, max(config.batch_size, round(n * keep)))]
+        if level == 0:
+            return [rows[i : i + config.batch_size].tolist() for i in range(0, len(rows), config.batch_size)]
+        # Same-prefix packing: sort the shuffled rows by prefix (stable, so the order inside a prefix
+        # stays random), cut each prefix into groups of group_size, shuffle the groups, fill batches.
+        prefix_keys = self.codes[rows, :level]
+        order = np.lexsort(prefix_keys.T[::-1])
+        rows = rows[order]
+        prefix_keys = prefix_keys[order]
+        groups: list[list[int]] = []
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            same = (prefix_keys[start:] == prefix_keys[start]).all(axis=1)
+            run = int(np.argmin(same)) if not same.all() else len(same)  # length of this prefix's run
+            end = start + min(run, config.group_size)
+            groups.append(rows[start:end].tolist())
+            start = end
+        group_order = rng.permutation(len(groups))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for g in group_order:
+            if current and len(current) + len(groups[g]) > config.batch_size:
+                batches.append(current)
+                current = []
+            current.extend(groups[g])
+        if current:
+            batches.append(current)
+        return batches
+
+    # ----------------------------------------------------------------------------------------------
+    # evaluation passes
+
+    @torch.no_grad()
+    def hidden_states(self, level: int) -> np.ndarray:
+        """(N, d) float32 h^level of every document (eval mode, earlier codes teacher-forced)."""
+        self.model.eval()
+        order = np.argsort([-len(r) for r in self.corpus.input_ids], kind="stable")
+        out = np.zeros((len(self.corpus), self.network.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), self.config.eval_batch_size):
+            batch = self.batch(order[start : start + self.config.eval_batch_size], level)
+            _, _, hidden = self.model.hidden(batch.rows, batch.earlier)
+            out[batch.rows] = hidden[:, level].float().cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def dev_reconstruction(self, spec: StageSpec) -> dict[str, float]:
+        """Reconstruction loss and accuracy on the dev documents, fixed hint masks, all targets."""
+        if not self.dev_rows:
+            return {}
+        self.model.eval()
+        generator = torch.Generator().manual_seed(self.config.seed + 11)
+        total_loss, correct, count = 0.0, 0, 0
+        for start in range(0, len(self.dev_rows), self.config.eval_batch_size):
+            batch = self.batch(self.dev_rows[start : start + self.config.eval_batch_size], spec.level)
+            loss, ok, n = self.model.reconstruction_figures(batch, spec, generator)
+            total_loss += loss
+            correct += ok
+            count += n
+        return {"dev_recon_loss": total_loss / max(1, count), "dev_recon_accuracy": correct / max(1, count)}
+
+    # ----------------------------------------------------------------------------------------------
+    # stages
+
+    def stage_lr(self, spec: StageSpec) -> Any:
+        """The learning rate of each parameter of `model` in stage `spec` (None: not trained there).
+
+        Warm-up: the reconstructor only. Then also the ID decoder and the trained encoder layers
+        (`encoder_lr`), and in the full stage the codebooks (only E^level moves, see run_stage). The
+        counter head is fine-tuning's."""
+        config = self.config
+
+        def lr_of(name: str) -> float | None:
+            if name.startswith("reconstructor."):
+                return config.lr
+            if spec.kind == "warmup" or name == "network.counter_head":
+                return None
+            if name == "network.codebooks":
+                return config.lr if spec.kind == "full" else None
+            if name.startswith("network.encoder."):
+                return config.encoder_lr
+            return config.lr
+
+        return lr_of
+
+    def run_stage(self, spec: StageSpec, epochs: float) -> dict[str, Any]:
+        """Train one stage for `epochs` (possibly fractional) epochs with training.loop; returns its record."""
+        name = spec.name
+        if epochs <= 0:
+            return {"stage": name, "epochs": 0}
+        passes = math.ceil(epochs)
+        fraction = epochs / passes
+        config = self.config
+        stage_seed = _STAGE_SEEDS[spec.kind] + 10 * spec.level
+
+        def batches(epoch: int, rank: int, world_size: int) -> list[DocumentBatch]:
+            rows = self.batches(epoch, spec.level, stage_seed, fraction)
+            return [self.batch(r, spec.level) for r in shard(rows, rank, world_size)]
+
+        steps = len(batches(0, self.context.rank, self.context.world_size)) * passes
+        settings = LoopSettings(
+            epochs=passes, lr=config.lr, weight_decay=config.weight_decay, schedule="linear",
+            warmup_steps=math.ceil(steps * config.warmup_ratio), grad_clip=config.grad_clip, seed=config.seed,
+            amp=config.amp, device=config.device, metric="dev_recon_loss", higher_is_better=False,
+            patience=config.patience, checkpoint_every=config.checkpoint_every, checkpoint_epochs=True,
+            progress=config.progress)
+        # the frozen encoder never changes: its weights stay out of the checkpoints
+        encoder = self.network.encoder
+        frozen = {f"network.encoder.{k}" for k, v in encoder.named_parameters() if not v.requires_grad}
+        frozen |= {f"network.encoder.{k}" for k, _ in encoder.named_buffers()}
+        hook = None
+        if spec.kind == "full":
+            keep = torch.zeros(config.num_levels, 1, 1, device=self.device)
+            keep[spec.level] = 1.0  # only E^level learns; earlier codebooks stay what the codes were
+            hook = self.network.codebooks.register_hook(lambda grad: grad * keep)
+        try:
+            result = train(self.model, settings, batches, lambda model, batch: model.stage_loss(batch, spec),
+                           self.checkpoint_dir / name,
+                           evaluate=(lambda model: self.dev_reconstruction(spec)) if self.dev_rows else None,
+                           lr_of=self.stage_lr(spec), no_decay=("network.codebooks",),
+                           frozen_state=frozen.__contains__, name=name)
+        finally:
+            if hook is not None:
+                hook.remove()
+        record: dict[str, Any] = {"stage": name, "epochs": result.epochs, "steps": result.steps,
+                                  "seconds": round(result.seconds, 2), "history": result.history,
+                                  "stopped_early": result.stop_reason == "patience",
+                                  "resumed": result.resumed_from > 0}
+        record.update(self.dev_reconstruction(spec))
+        logger.info("%s done: %s", name, {k: v for k, v in record.items() if k != "history"})
+        return record
+
+    def init_codebook(self, level: int) -> dict[str, Any]:
+        """k-means on h^level of all documents -> E^level (see the module docstring, step 3)."""
+        config = self.config
+        started = time.perf_counter()
+        hidden = self.hidden_states(level)  # (N, d)
+        norms = np.linalg.norm(hidden, axis=1)
+        data = hidden / np.maximum(norms[:, None], 1e-12) if config.kmeans_normalize else hidden
+        basis = None
+        if level > 0 and config.residual_kmeans:
+            # Within-prefix residuals: what tells siblings apart. h^t starts close to h^{t-1} (the
+            # prefix code dominates it), so k-means on h^t itself re-finds the previous partition.
+            groups = np.unique(self.codes[:, :level], axis=0, return_inverse=True)[1].reshape(-1)
+            means = np.zeros((groups.max() + 1, data.shape[1]))
+            np.add.at(means, groups, data)
+            means /= np.bincount(groups)[:, None]
+            data = data - means[groups]
+            # Codes are argmax h . e: keep e orthogonal to the earlier codebooks (when they do not
+            # span the space) so the part of h^t shared by the whole prefix does not pick the code.
+            earlier = self.network.codebooks.data[:level].reshape(-1, data.shape[1]).double().cpu().numpy()
+            if earlier.shape[0] < data.shape[1]:
+                basis = np.linalg.qr(earlier.T)[0]  # (d, r) orthonormal
+                data = data - (data @ basis) @ basis.T
+        k = min(config.codebook_size, len(data))
+        if config.kmeans == "minibatch":
+            km = MiniBatchKMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
+                                 random_state=config.seed, batch_size=max(1024, 3 * k))
+        else:
+            km = KMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
+                        random_state=config.seed)
+        km.fit(data.astype(np.float64))
+        centroids = km.cluster_centers_
+        if basis is not None:
+            centroids = centroids - (centroids @ basis) @ basis.T
+        centroids = centroids.astype(np.float32)
+        if config.kmeans_normalize:
+            centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+            centroids = centroids * float(norms.mean())
+        codebook = self.network.codebooks.data[level]
+        if k < config.codebook_size:  # fewer documents than codes: keep the random rows for the rest
+            codebook[:k] = torch.from_numpy(centroids).to(codebook)
+        else:
+            codebook.copy_(torch.from_numpy(centroids))
+        kmeans_codes = km.labels_.astype(np.int64)
+        record = {"kmeans_seconds": round(time.perf_counter() - started, 2), "kmeans_inertia": float(km.inertia_),
+                  "mean_hidden_norm": float(norms.mean())}
+        if self.labels is not None:
+            record["kmeans_init_category_ami"] = _ami(self.codes[:, :level], kmeans_codes, self.labels)
+        return record
+
+    @torch.no_grad()
+    def assign(self, level: int) -> np.ndarray:
+        """c_level = argmax h^level . E^level for every document."""
+        hidden = torch.from_numpy(self.hidden_states(level)).to(self.device)
+        logits = self.network.level_logits(hidden, level)
+        return logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
+
+    def run(self) -> dict[str, Any]:
+        """The whole schedule; fills self.codes and self.diagnostics."""
+        config = self.config
+        started = time.perf_counter()
+        key = state_cache_key(self.texts, config, self.encoder_states.frozen_layers)
+        self.encoder_states.build_cache(self.corpus, config.eval_batch_size, self.device,
+                                        key if self.context.is_main else None,
+                                        config.progress and self.context.is_main)
+        self.diagnostics["encoder_states_seconds"] = round(time.perf_counter() - started, 2)
+        self.diagnostics["stages"].append(self.run_stage(StageSpec(0, "warmup", 0.0, False, False),
+                                                         config.warmup_epochs))
+        for level in range(config.num_levels):
+            p = config.per_level(config.hint_mask_probs, level)
+            level_record: dict[str, Any] = {"level": level, "hint_mask_prob": p}
+            nocode = StageSpec(level, "nocode", p, True, level > 0)
+            self.diagnostics["stages"].append(self.run_stage(nocode, config.per_level(config.nocode_epochs, level)))
+            full = StageSpec(level, "full", p, True, level > 0)
+            if finished(self.checkpoint_dir / full.name):
+                level_record["kmeans"] = "skipped: the full stage's checkpoint is complete and holds the codebook"
+            else:
+                level_record.update(self.init_codebook(level))
+            self.diagnostics["stages"].append(self.run_stage(full, config.per_level(config.full_epochs, level)))
+            self.codes[:, level] = self.assign(level)
+            level_record.update(self._level_figures(level, full))
+            self.diagnostics["levels"].append(level_record)
+            logger.info("level %d: %s", level, level_record)
+        # Does the final network still predict every level's assigned codes (teacher-forced)? It is what
+        # assigns IDs to new documents and what fine-tuning starts from.
+        for level, record in enumerate(self.diagnostics["levels"]):
+            record["final_network_agreement"] = float((self.assign(level) == self.codes[:, level]).mean())
+        self.diagnostics["seconds"] = round(time.perf_counter() - started, 2)
+        return self.diagnostics
+
+    def _level_figures(self, level: int, spec: StageSpec) -> dict[str, Any]:
+        codes = self.codes[:, level]
+        used = len(np.unique(codes))
+        figures: dict[str, Any] = {
+            "perplexity": code_perplexity(codes),
+            "codes_used": used,
+            "usage": used / self.config.codebook_size,
+            "diff_ratio": same_prefix_diff_ratio(self.codes[:, : level + 1], level),
+        }
+        dev = self.dev_reconstruction(spec)
+        figures["reconstruction_accuracy"] = dev.get("dev_recon_accuracy")
+        figures["reconstruction_loss"] = dev.get("dev_recon_loss")
+        if self.labels is not None:
+            figures["category_ami"] = _ami(self.codes[:, :level], codes, self.labels)
+        return figures
+
+    def save(self, out_dir: Path) -> dict[str, str]:
+        """network/ (SemanticIdNetwork.save), reconstructor.safetensors, lmindexer.json."""
+        out_dir = Path(out_dir)
+        self.network.save(out_dir / NETWORK_DIR)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.reconstructor.state_dict().items()}
+        save_file(state, str(out_dir / RECONSTRUCTOR_FILE))
+        payload = {"config": config_to_dict(self.config), "output_vocabulary_size": len(self.corpus.vocab_ids),
+                   "diagnostics": self.diagnostics}
+        (out_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=2, default=_json_default))
+        return {"network": f"{NETWORK_DIR}/model.safetensors", "network_config": f"{NETWORK_DIR}/network.json",
+                "reconstructor": RECONSTRUCTOR_FILE, "config": CONFIG_FILE}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _ami(prefix: np.ndarray, codes: np.ndarray, labels: Sequence[str | None]) -> float | None:
+    """AMI between (prefix, code) clusters and the labels, over labelled documents (a monitor only:
+    the labels never reach training)."""
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    if len(keep) < 2:
+        return None
+    clusters = [",".join(map(str, prefix[i])) + f"|{codes[i]}" for i in keep]
+    return float(adjusted_mutual_info_score([labels[i] for i in keep], clusters))
+
+
+def learn_lmindexer_codes(documents: list[Document], config: LMIndexerConfig, out_dir: Path) -> LearnedCodes:
+    """Learn L levels of codes for `documents` with the LMIndexer schedule (the method contract of
+    training.indexing.learning); writes the network, reconstructor and config under `out_dir`."""
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    context = distributed_context(config.device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    indexer = LMIndexer([doc.text for doc in documents], config, out_dir, context)
+    categories = [doc.category for doc in documents]
+    if any(c is not None for c in categories):
+        indexer.labels = categories  # monitoring only (category AMI in the diagnostics)
+    diagnostics = indexer.run()
+    diagnostics["wall_seconds"] = round(time.perf_counter() - started, 2)
+    files = indexer.save(out_dir) if context.is_main else {}
+    return LearnedCodes(codes=indexer.codes.copy(), codebook_sizes=(config.codebook_size,) * config.num_levels,
+                        diagnostics=diagnostics, files=files)
