@@ -16,6 +16,7 @@ import json
 import random
 from pathlib import Path
 
+from bundle import HistorySpec
 from training.errors import UserInputError
 
 HELP = "Export a serving bundle (ONNX graphs, trie, documents)."
@@ -45,7 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer export --help` and argument
     # errors import this module to build the parser and must answer at once
-    from bundle import HistorySpec
     from training.downstream.experiment import final_ids, load_finetuned, load_task
     from training.downstream.export import BundleModel, export_bundle, parity_summary
     from training.downstream.finetune import load_indexer_network
