@@ -2,6 +2,11 @@
 trained by the project's one training loop (training.loop), with k-means codebook initialisation
 and code assignment between them.
 
+Determinism: the same seed, data and thread count on one CPU give the same IDs. The k-means runs on one
+OpenMP thread (multi-threaded Lloyd iterations sum in a timing-dependent order); codes are argmax over
+torch matmuls, repeatable for a fixed thread count; the table is re-assigned greedily from the final
+network, so the IDs written are a function of the saved network alone.
+
 Outputs under `out_dir`: `network/` (SemanticIdNetwork.save: fine-tuning starts from it),
 `reconstructor.safetensors`, `lmindexer.json` (the config and per-level diagnostics) and
 `checkpoints/<stage>/` (one resumable training-loop run per stage; `checkpoint_dir` puts them
@@ -23,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_mutual_info_score
+from threadpoolctl import threadpool_limits
 
 from training.config import config_to_dict
 from training.data.corpus import Document
@@ -246,7 +252,12 @@ class LMIndexer:
         else:
             km = KMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
                         random_state=config.seed)
-        km.fit(data.astype(np.float64))
+        # One OpenMP thread: scikit-learn's Lloyd iterations add per-thread partial centroid sums in the order
+        # the threads finish, so with more threads the centroids' last bits (and near-tie codes) vary between
+        # runs of the same seed. Single-threaded it is repeatable; it costs seconds (RK-means on all of Beauty
+        # fits 3 x 256 centroids in ~36 CPU-seconds).
+        with threadpool_limits(limits=1, user_api="openmp"):
+            km.fit(data.astype(np.float64))
         centroids = km.cluster_centers_
         if basis is not None:
             centroids = centroids - (centroids @ basis) @ basis.T
