@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.errors import ConfigError
-from training.progress import progress_bar
+from training.progress import library_bars_on_terminal_only, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER) -> PreTrainedModel:
     """The pretrained encoder (for a T5 checkpoint, its encoder stack only)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_encoder_path(name_or_path)
+    library_bars_on_terminal_only()
     model = AutoModel.from_pretrained(path, local_files_only=True)
     if hasattr(model, "get_encoder") and model.config.is_encoder_decoder:
         model = model.get_encoder()

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 logger = logging.getLogger(__name__)
 
@@ -153,4 +154,11 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str | None = No
     return LoggedProgress(iterable, desc=desc, total=total, initial=initial, unit=unit, interval_s=interval_s)
 
 
-__all__ = ["LOG_INTERVAL_S", "LoggedProgress", "progress_bar"]
+def library_bars_on_terminal_only() -> None:
+    """Turn transformers' own bars off (its "Loading weights" bar at every ``from_pretrained``) when
+    standard error is not a terminal; call it before loading a model."""
+    if not sys.stderr.isatty():
+        transformers_logging.disable_progress_bar()
+
+
+__all__ = ["LOG_INTERVAL_S", "LoggedProgress", "library_bars_on_terminal_only", "progress_bar"]

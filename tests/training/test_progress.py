@@ -78,3 +78,20 @@ def test_progress_bar_draws_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) 
     off.set_postfix(loss="1")
     off.close()
     assert isinstance(progress_bar(total=5, disable=True), tqdm)
+
+
+def test_transformers_bars_are_off_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    from training.progress import library_bars_on_terminal_only
+
+    transformers_logging.enable_progress_bar()
+    try:
+        monkeypatch.setattr("sys.stderr", _Stream(tty=True))
+        library_bars_on_terminal_only()
+        assert transformers_logging.is_progress_bar_enabled()
+        monkeypatch.setattr("sys.stderr", _Stream(tty=False))
+        library_bars_on_terminal_only()
+        assert not transformers_logging.is_progress_bar_enabled()
+    finally:
+        transformers_logging.enable_progress_bar()

@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModel
 from training.config import build_config
 from training.encoder import DEFAULT_ENCODER, resolve_encoder_path
 from training.indexing.attention import absorbed_attention, attention
+from training.progress import library_bars_on_terminal_only
 
 CONFIG_FILE = "network.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -142,6 +143,7 @@ class SemanticIdNetwork(nn.Module):
         super().__init__()
         self.config = config
         if encoder is None:
+            library_bars_on_terminal_only()
             encoder = AutoModel.from_pretrained(resolve_encoder_path(config.encoder), local_files_only=True)
         if getattr(encoder.config, "is_encoder_decoder", False):
             encoder = encoder.get_encoder()
