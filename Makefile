@@ -6,7 +6,7 @@ DEMO_BUNDLE ?= bundles/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test install lint bundle clean
+.PHONY: run test install lint prepare bundle clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
+# The Debian packages and the Redis the tests need, exactly as CI prepares them (.ci/run calls it too).
+prepare:
+	bash .ci/prepare
+
+test: lint prepare
 	$(BIN)/pytest
 
 clean:

@@ -1,121 +1,161 @@
-"""Beauty sequential recommendation (P5 leave-one-out, test split), one run, one JSON:
+"""Sequential recommendation on a P5-format dataset (default: Beauty), one run, one JSON.
 
-- the same downstream model (the semantic-ID network fine-tuned on history text -> next item's ID,
-  decoded with constrained beam search, beam 20) trained on LMIndexer, rq-VAE and HC IDs;
-- the foundation's most-popular and SASRec baselines on the same data;
-- cold-start figures: test users whose target is one of the 5% of items held out of fine-tuning;
-- per-query latency at beam 20, torch vs onnxruntime, on the CPU.
+For each ID kind (`--ids-methods`): learn the IDs (or reuse them: `--ids-dir DIR` holds
+`ids-<method>/` learn-ids outputs, e.g. /work/runs-shared), train the item-token recommender
+(`lmindexer finetune --task recommendation`, preset `--preset`) and evaluate it under both rankings
+(`generative`, `hybrid`; the hybrid weight chosen on validation). On the same split: SASRec (full
+cross-entropy) and most-popular. One row per (model, ID kind, ranking):
 
-Recall@5/10 and NDCG@5/10 (training.metrics; with one target per user they equal the baselines'
-rank formulas). Without a GPU this runs a reduced CPU preset, labelled in the JSON: a subset of the
-catalogue (the most popular items, users filtered to them), the quick learn-ids presets and a short
-fine-tuning. Work files go to --work; re-running resumes where it stopped.
+    {"model", "ids", "ranking", "users", "test": {"recall@5", "ndcg@5", "recall@10", "ndcg@10"},
+     "valid": {...}, "train_seconds", "cold_start": {"users", "test": {...}}}
 
-    nice -n 10 python benchmarks/bench_recommendation.py --out benchmarks/results/recommendation-cpu.json
+plus the machine's description and its load at the start and the end. The baselines follow the
+recommender's `exclude_history` (default: history items removed from every ranking), so every row
+is measured under the same protocol. Metrics:
+`training.baselines.recommendation.rank_metrics` (one target per user: Recall@k = hit, NDCG@k =
+1 / log2(rank + 1)). Work files go to --work; a re-run reuses finished IDs, models and
+evaluations.
+
+    nice -n 10 python benchmarks/bench_recommendation.py --ids-methods rqvae,hc --ids-dir /work/runs-shared
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
-import random
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PAPER = {"lmindexer_paper": {"recall@5": 0.0415, "ndcg@5": 0.0262},
-         "tiger_paper": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384}}
+TIGER = {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=RESULTS / "recommendation-cpu.json")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-recommendation"))
-    parser.add_argument("--num-items", type=int, default=500, help="Most popular items kept (0 = all 12,101).")
-    parser.add_argument("--max-users", type=int, default=1500, help="Users kept at most.")
-    parser.add_argument("--methods", default="lmindexer,rqvae,hc")
-    parser.add_argument("--ids-preset", default="quick", help="learn-ids preset of every method, or a default "
-                        "with per-method exceptions: quick,lmindexer=cpu-encoder")
-    parser.add_argument("--ids-set", dest="ids_overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                        help="learn-ids setting over one method's preset, e.g. --ids-set lmindexer:num_threads=1")
-    parser.add_argument("--finetune-preset", default="cpu")
+    parser.add_argument("--items", type=Path, default=None, help="Items JSONL(.gz) (default: vendored Beauty).")
+    parser.add_argument("--sequences", type=Path, default=None, help="User sequences (default: vendored Beauty).")
+    parser.add_argument("--ids-methods", default="lmindexer,rqvae,hc", help="ID kinds, comma-separated.")
+    parser.add_argument("--ids-dir", type=Path, default=None,
+                        help="Reuse IDs from DIR/ids-<method>/ where present (learn-ids outputs).")
+    parser.add_argument("--ids-preset", default="paper,lmindexer=cpu-encoder",
+                        help="learn-ids preset for IDs that are learnt here: a default and per-method exceptions.")
+    parser.add_argument("--preset", default="cpu", help="Recommender preset (training/configs/recommender-*.toml).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="finetune setting overrides, e.g. --set steps=300")
-    parser.add_argument("--eval-users", type=int, default=0,
-                        help="Score a seeded sample of this many test users (0 = all); the baselines are scored "
-                             "on the same users.")
-    parser.add_argument("--sasrec-seconds", type=float, default=300.0)
-    parser.add_argument("--latency-queries", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+                        help="Recommender setting overrides, e.g. --set max_epochs=10")
+    parser.add_argument("--baselines", default="sasrec,popularity", help="Baselines to run ('' for none).")
+    parser.add_argument("--sasrec-seconds", type=float, default=900.0, help="SASRec's training time budget.")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-recommendation"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "recommendation.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    import torch
 
     from training.baselines.popularity import PopularitySettings, run_popularity
     from training.baselines.recommendation import RecData, machine_description
     from training.baselines.sasrec import SASRecSettings, train_sasrec
-    from training.config import build_config, config_to_dict, load_config, preset_path
-    from training.data.amazon import load_amazon
-    from training.downstream.demo import beauty_subset
-    from training.downstream.experiment import beauty_task, compare_id_methods, ids_overrides_for, ids_presets_for
-    from training.downstream.finetune import FinetuneConfig
+    from training.config import build_config, load_config, preset_path
+    from training.data.amazon import BEAUTY_ITEMS, BEAUTY_SEQUENCES, items_as_documents
+    from training.data.corpus import write_corpus_jsonl
+    from training.downstream.experiment import ids_presets_for
+    from training.indexing.learning import learn_ids
+    from training.recommendation.data import load_dataset
+    from training.recommendation.run import RECORD_FILE, evaluate_model, fit
+    from training.recommendation.settings import RecommenderSettings
 
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    config = load_config(FinetuneConfig, preset_path("finetune", args.finetune_preset),
-                         [*args.overrides, f"num_threads={args.threads}", f"eval_max_queries={args.eval_users}"])
-    dataset = beauty_subset(args.num_items, args.max_users) if args.num_items else load_amazon()
-    task = beauty_task(dataset, max_history=config.max_history, train_examples=config.train_examples)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    ids_presets = ids_presets_for(args.ids_preset, methods)
-    ids_overrides = ids_overrides_for(args.ids_overrides, methods)
-    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides, config, split="test",
-                                    latency_queries=args.latency_queries, progress=False)
+    items = args.items or BEAUTY_ITEMS
+    sequences = args.sequences or BEAUTY_SEQUENCES
+    settings = load_config(RecommenderSettings, preset_path("recommender", args.preset), args.overrides)
+    methods = [m.strip() for m in args.ids_methods.split(",") if m.strip()]
+    # every ID kind may take an exception in --ids-preset, whether or not this run learns it
+    presets = ids_presets_for(args.ids_preset, sorted({*methods, "lmindexer", "rqvae", "hc"}))
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(items, sequences)
+    rows: list[dict] = []
+    details: dict[str, dict] = {}
+
+    for method in methods:
+        ids_dir = args.ids_dir / f"ids-{method}" if args.ids_dir else work / f"ids-{method}"
+        learn_seconds = None
+        if not (ids_dir / "ids.jsonl").is_file():
+            ids_dir = work / f"ids-{method}"
+            corpus = work / "corpus.jsonl"
+            if not corpus.is_file():
+                write_corpus_jsonl(corpus, items_as_documents(dataset))
+            t0 = time.perf_counter()
+            learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=presets[method], overwrite=True)
+            learn_seconds = round(time.perf_counter() - t0, 1)
+        model_dir = work / f"recommender-{method}"
+        if not (model_dir / RECORD_FILE).is_file():  # written once training has finished: a re-run reuses it
+            fit(items, sequences, ids_dir, settings, model_dir, progress=False)
+        record = json.loads((model_dir / RECORD_FILE).read_text())
+        metrics_path = model_dir / "eval" / "metrics.json"
+        if metrics_path.is_file() and "test" in json.loads(metrics_path.read_text()):
+            evaluation = json.loads(metrics_path.read_text())  # a re-run reuses the finished evaluation
+        else:
+            evaluation = evaluate_model(model_dir, ("valid", "test"))
+        details[method] = {"ids_dir": str(ids_dir), "learn_ids_seconds": learn_seconds,
+                           "training": {k: v for k, v in record["training"].items() if k != "history"},
+                           "history": record["training"]["history"], "hybrid_weight": evaluation["hybrid_weight"],
+                           "valid_ndcg@10_by_hybrid_weight": evaluation["valid_ndcg@10_by_hybrid_weight"],
+                           "beam_recall_test": evaluation["test"]["beam_recall"],
+                           "dense_head_test": evaluation["test"]["all"]["dense"],
+                           "load_average_during_training": record["machine"]["load_average_1_5_15min"],
+                           "evaluation_seconds": evaluation["seconds"]}
+        for ranking in ("generative", "hybrid"):
+            cold = evaluation["test"]["cold"]
+            rows.append({"model": "item-token recommender", "ids": method, "ranking": ranking,
+                         "users": evaluation["users"], "test": evaluation["test"]["all"][ranking],
+                         "valid": evaluation["valid"]["all"][ranking], "train_seconds": record["train_seconds"],
+                         "cold_start": {"users": evaluation["test"]["cold_users"],
+                                        "test": cold[ranking] if cold else None},
+                         "warm": {"users": evaluation["test"]["warm_users"],
+                                  "test": evaluation["test"]["warm"][ranking]}})
 
     data = RecData.from_dataset(dataset)
-    if args.eval_users and args.eval_users < data.num_users:
-        # The users evaluate_task scores (same seed, same order), so every model is scored on the same users;
-        # SASRec still trains on every user's training interactions.
-        chosen = sorted(random.Random(config.seed).sample(range(data.num_users), args.eval_users))
-        data = dataclasses.replace(
-            data, user_ids=tuple(data.user_ids[i] for i in chosen),
-            valid_histories=[data.valid_histories[i] for i in chosen], valid_targets=data.valid_targets[chosen],
-            test_histories=[data.test_histories[i] for i in chosen], test_targets=data.test_targets[chosen])
-    popularity = run_popularity(data, PopularitySettings())
-    sasrec = train_sasrec(data, build_config(SASRecSettings, {"time_budget_s": args.sasrec_seconds,
-                                                               "num_threads": args.threads, "progress": False}))
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    if "sasrec" in baselines:
+        sasrec_path = work / "sasrec.json"  # a re-run reuses the finished baseline
+        if sasrec_path.is_file():
+            sasrec = json.loads(sasrec_path.read_text())
+        else:
+            t0 = time.perf_counter()
+            sasrec = train_sasrec(data, build_config(SASRecSettings, {
+                "time_budget_s": args.sasrec_seconds, "num_threads": settings.num_threads or 2, "progress": False,
+                "exclude_history": settings.exclude_history}))
+            sasrec["train_seconds"] = round(time.perf_counter() - t0, 1)
+            sasrec["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+            sasrec_path.write_text(json.dumps(sasrec, indent=2) + "\n", encoding="utf-8")
+        rows.append({"model": "SASRec (full cross-entropy)", "ids": None, "ranking": "full catalogue",
+                     "users": data.num_users, "test": sasrec["metrics"]["test"], "valid": sasrec["metrics"]["valid"],
+                     "train_seconds": sasrec["train_seconds"]})
+        details["sasrec"] = {k: v for k, v in sasrec.items() if k not in ("metrics", "epochs")}
+    if "popularity" in baselines:
+        popularity = run_popularity(data, PopularitySettings(exclude_history=settings.exclude_history))
+        rows.append({"model": "most popular", "ids": None, "ranking": "full catalogue", "users": data.num_users,
+                     "test": popularity["metrics"]["test"], "valid": popularity["metrics"]["valid"],
+                     "train_seconds": 0.0})
+
     report = {
-        "benchmark": "beauty sequential recommendation, P5 leave-one-out, test split",
-        "preset": "cpu-reduced" if args.num_items or args.finetune_preset != "paper" else "paper",
-        "reduced": {"catalogue": f"{len(dataset.items)} most popular items of 12,101, users filtered to them"
-                                 if args.num_items else "full",
-                    "users": len(dataset.sequences), "evaluated_test_users": args.eval_users or len(dataset.sequences),
-                    "learn_ids_preset": args.ids_preset,
-                    "finetune_preset": args.finetune_preset, "finetune_steps": config.steps,
-                    "why": "no GPU in this session; 2 shared CPU cores"},
-        "metrics_test": {**{m: generative[m]["test"] for m in methods},
-                         "most_popular": popularity["metrics"]["test"], "sasrec": sasrec["metrics"]["test"]},
-        "cold_start_test": {m: {"figures": generative[m]["cold_start"], "users": generative[m]["cold_start_queries"],
-                                "assignment": generative[m]["cold_start_assignment"]} for m in methods},
-        "warm_test": {m: generative[m]["warm"] for m in methods},
-        "generative_details": {m: {k: v for k, v in generative[m].items() if k not in ("test", "warm", "cold_start")}
-                               for m in methods},
-        "latency_per_query_beam20": generative.get("latency"),
-        "sasrec_details": {k: v for k, v in sasrec.items() if k not in ("metrics", "history")},
-        "reference_full_catalogue": PAPER,
-        "finetune_config": config_to_dict(config),
+        "benchmark": "sequential recommendation, P5 leave-one-out (last item test, the one before validation), "
+                     "whole catalogue",
+        "items": str(items), "sequences": str(sequences), "num_items": len(dataset.items),
+        "num_users": len(dataset.sequences), "recommender_preset": args.preset, "overrides": args.overrides,
+        "exclude_history": settings.exclude_history,
+        "rows": rows,
+        "details": details,
+        "reference": {"tiger_paper_beauty": TIGER},
         "wall_time_s": round(time.perf_counter() - started, 1),
         "machine": {**machine_description(), "load_average_at_start": load_at_start},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    for name, figures in report["metrics_test"].items():
-        print(f"{name:14s} " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    for row in rows:
+        print(f"{row['model']:28s} {row['ids']!s:10s} {row['ranking']:14s} "
+              + "  ".join(f"{k} {v:.4f}" for k, v in row["test"].items()))
     print(f"wrote {args.out} ({report['wall_time_s']:.0f} s)")
 
 

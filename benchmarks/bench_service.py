@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bundle import FORMAT_VERSION  # noqa: E402
 from tests.service.processes import ServiceProcess  # noqa: E402
 
 logger = logging.getLogger("bench_service")
@@ -187,10 +189,11 @@ def bench_indexing(url: str, batch: int, batches: int, seed: int) -> dict[str, A
 
 def build_large_trie_variant(bundle: Path, out: Path, total_ids: int, seed: int) -> Path:
     """A copy of `bundle` (models linked, not copied) whose trie holds `total_ids` IDs (random extras)."""
+    from bundle import Bundle, write_manifest
     from trie import SemanticIdTrie
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    sizes = manifest["semantic_ids"]["codebook_sizes"]
+    manifest = Bundle.open(bundle).manifest
+    sizes = list(manifest.codebook_sizes)
     capacity = int(np.prod(sizes, dtype=np.float64))
     out.mkdir(parents=True, exist_ok=True)
     for entry in bundle.iterdir():
@@ -220,9 +223,9 @@ def build_large_trie_variant(bundle: Path, out: Path, total_ids: int, seed: int)
         for i, sid in enumerate(extra.tolist()):
             f.write(json.dumps({"doc_id": f"rand-{i}", "text": f"random document {i}", "metadata": {},
                                 "semantic_id": sid}) + "\n")
-    manifest["num_documents"] = len(ids)
-    manifest["training_config"] = {**manifest.get("training_config", {}), "bench_variant": f"{len(ids)} IDs"}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(out, dataclasses.replace(
+        manifest, num_documents=len(ids),
+        training_config={**manifest.training_config, "bench_variant": f"{len(ids)} IDs"}))
     return out
 
 
@@ -255,9 +258,9 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     """
     import torch
 
-    from tests.service.tiny_bundle import tokenizer_path
-    from training.downstream.export import export_onnx, tokenize_with, write_int8_encoder
-    from training.encoder import load_tokenizer
+    from bundle import TextTokenizer, write_manifest
+    from tests.service.tiny_bundle import tokenizer_path, untrained_manifest
+    from training.downstream.export import export_onnx, write_int8_encoder
     from training.indexing.network import NetworkConfig, SemanticIdNetwork
     from trie import SemanticIdTrie
 
@@ -266,10 +269,8 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
                            decoder_layers=1, decoder_ff_size=512)
     network = SemanticIdNetwork(config).eval()
     out.mkdir(parents=True, exist_ok=True)
-    models = {}
     for name in ("indexer", "retriever", "recommender"):
-        files = export_onnx(network, out / name)
-        models[name] = {key: f"{name}/{value}" for key, value in files.items()} | {"hidden_size": network.hidden_size}
+        export_onnx(network, out / name)
     shutil.copy(tokenizer_path(), out / "tokenizer.json")
     items = beauty_texts()
     sizes = list(config.codebook_sizes)
@@ -279,24 +280,16 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     ids = np.stack([(keys // m) % s for m, s in zip(multipliers, sizes, strict=True)], axis=1)
     # 100 documents, as the export's parity inputs; minimum 0: always written (see the docstring).
     sample = [items[int(i)][1] for i in rng.choice(len(items), size=100, replace=False)]
-    fields = write_int8_encoder(out / "indexer", sample, tokenize_with(load_tokenizer(config.encoder), 128), sizes,
-                                min_prefix_agreement=0.0)
-    models["indexer"] |= {**fields, "encoder_int8": f"indexer/{fields['encoder_int8']}"}
+    int8 = write_int8_encoder(out / "indexer", sample, TextTokenizer(out / "tokenizer.json", 128), sizes,
+                              min_prefix_agreement=0.0)
     SemanticIdTrie.build(ids, codebook_sizes=sizes).save(out / "trie.bin")
     with open(out / "documents.jsonl", "w", encoding="utf-8") as f:
         for (asin, text), sid in zip(items, ids.tolist(), strict=True):
             f.write(json.dumps({"doc_id": asin, "text": text, "metadata": {}, "semantic_id": sid}) + "\n")
-    manifest = {
-        "format_version": 1, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "semantic_ids": {"num_levels": 2, "codebook_size": codebook_size, "counter_size": counter_size,
-                         "codebook_sizes": sizes},
-        "tokenizer": "tokenizer.json", "max_query_length": 64, "max_document_length": 128, "models": models,
-        "recommendation": {"max_history": 20, "history_separator": ". ", "history_order": "most_recent_first"},
-        "trie": "trie.bin", "documents": "documents.jsonl", "num_documents": len(items), "index_version": 0,
-        "onnx_parity": {}, "training_config": {"note": "benchmark bundle: MiniLM + untrained ID decoder (1 layer)"},
-        "evaluation": {},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(out, untrained_manifest(
+        num_levels=2, codebook_size=codebook_size, counter_size=counter_size, num_documents=len(items),
+        hidden_size=network.hidden_size, int8_file=f"indexer/{int8.file}", int8_agreement=int8.agreement,
+        note="benchmark bundle: MiniLM + untrained ID decoder (1 layer)"))
     return out
 
 
@@ -313,11 +306,12 @@ def bench_generate_path(bundle: Path, *, decoder_layers: int, singles: int, batc
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from service.model import TextTokenizer
+    from bundle import Bundle, TextTokenizer
 
     torch.manual_seed(seed)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    sizes = manifest["semantic_ids"]["codebook_sizes"]
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
+    sizes = list(manifest.codebook_sizes)
     offsets = np.cumsum([0, *sizes[:-1]])
     text_vocab = 30522
     first_code = text_vocab + 2  # 0 pad/decoder start, 1 eos (never allowed: generation stops at L+1)
@@ -338,7 +332,9 @@ def bench_generate_path(bundle: Path, *, decoder_layers: int, singles: int, batc
     def prefix_allowed_tokens_fn(batch_id: int, input_ids: torch.Tensor) -> list[int]:
         return allowed.get(tuple(input_ids.tolist()[1:]), [])
 
-    tokenizer = TextTokenizer(bundle / manifest["tokenizer"], manifest["max_query_length"])
+    # The retriever's input length (the searches generate stands in for), as the service reads queries.
+    query_model = manifest.models.get("retriever") or manifest.models["recommender"]
+    tokenizer = TextTokenizer(opened.path(manifest.tokenizer), query_model.max_input_length)
     rng = np.random.default_rng(seed)
 
     def run(queries: list[str]) -> None:
@@ -419,7 +415,7 @@ def run_bundle(name: str, bundle: Path, args: argparse.Namespace, workdir: Path,
     try:
         info = httpx.get(f"{service.url}/info", timeout=10).json()
         result: dict[str, Any] = {"bundle": str(bundle), "num_ids": info["num_documents"],
-                                  "codebook_sizes": info["manifest"]["semantic_ids"]["codebook_sizes"],
+                                  "semantic_ids": info["manifest"]["semantic_ids"],
                                   "startup_s": round(startup_s, 1), "execution_providers": info["execution_providers"],
                                   "indexer_precision": info.get("indexer_precision")}
         result["search"] = bench_search(service.url, args.concurrency, args.duration, args.seed)
@@ -465,9 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         args.bundle = cached_tiny_bundle()
     if args.minilm is not None:
         manifest_path = args.minilm / "manifest.json"
-        # A bundle built before the int8 indexer encoder existed would not measure the default path.
-        if not manifest_path.is_file() or "int8_agreement" not in json.loads(manifest_path.read_text())["models"][
-                "indexer"]:
+        # A bundle of an older format cannot be served: build it again.
+        if not manifest_path.is_file() or json.loads(manifest_path.read_text()).get("format_version") != FORMAT_VERSION:
             logger.info("building the MiniLM-cost bundle in %s", args.minilm)
             build_minilm_bundle(args.minilm, seed=args.seed)
         args.bundle = args.minilm
@@ -482,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                      "redis_url": args.redis_url, "index_batch": args.index_batch,
                      "intra_op_threads": args.intra_op_threads, "beam_size": 20},
         "bundle_manifest": {k: v for k, v in json.loads((args.bundle / "manifest.json").read_text()).items()
-                            if k in ("semantic_ids", "models", "max_query_length", "num_documents", "created_at")},
+                            if k in ("semantic_ids", "models", "num_documents", "created_at")},
         "runs": {},
     }
     try:

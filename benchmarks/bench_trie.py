@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from trie import SemanticIdTrie, constrained_beam_search
+from trie import SemanticIdTrie, assign_ids, constrained_beam_search
 
 TARGETS = {
     "build_s": 3.0,
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- inserts (new documents: fresh learned codes, next free counter under each prefix)
     total_new = args.single_inserts + 1000 * args.batch_inserts
     new_learned, _ = realistic_ids(rng, total_new, args.levels, args.codebook_size)
-    new_ids = np.concatenate([new_learned, ours.next_counters(new_learned)[:, None]], axis=1)
+    new_ids = assign_ids(ours, new_learned)  # the next free counter under each prefix (trie.assign)
     new_rows = np.arange(len(ids), len(ids) + total_new)
     latencies = np.empty(args.single_inserts)
     trie = ours

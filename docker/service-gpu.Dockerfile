@@ -28,10 +28,11 @@ print('\n'.join(base + p['optional-dependencies']['gpu']))" > /tmp/requirements.
     && pip install -r /tmp/requirements.txt
 COPY lmindexer ./lmindexer
 COPY trie ./trie
+COPY bundle ./bundle
 COPY service ./service
 # --no-deps: the wheel's metadata names onnxruntime, which must not come back next to onnxruntime-gpu.
 RUN pip install --no-deps . \
-    && python -c "import service, trie, lmindexer.cli, onnxruntime; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers()" \
+    && python -c "import service, bundle, trie, lmindexer.cli, onnxruntime; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers()" \
     && ! pip show onnxruntime >/dev/null 2>&1
 
 FROM ${CUDA_IMAGE}

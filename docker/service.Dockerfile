@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The serving image: trie/ + service/ + the `lmindexer` CLI, the base dependencies only (no torch),
+# The serving image: trie/ + bundle/ + service/ + the `lmindexer` CLI, the base dependencies only (no torch),
 # CPU onnxruntime. The bundle is data: mount it (read-only) and point LMINDEXER_BUNDLE_DIR at it;
 # it is never copied into the image, so one image serves every model version.
 #
@@ -26,9 +26,10 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # Then the code: only what serving needs. The wheel builds without training/ (hatch skips it).
 COPY lmindexer ./lmindexer
 COPY trie ./trie
+COPY bundle ./bundle
 COPY service ./service
 RUN pip install --no-deps . \
-    && python -c "import service, trie, lmindexer.cli; import onnxruntime" \
+    && python -c "import service, bundle, trie, lmindexer.cli; import onnxruntime" \
     && ! python -c "import torch" 2>/dev/null
 
 # ---- runtime stage ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['train']))" > /tm
 # The code and the vendored data sets (small). Editable install: the readers find data/ next to the code.
 COPY lmindexer ./lmindexer
 COPY trie ./trie
+COPY bundle ./bundle
 COPY service ./service
 COPY training ./training
 COPY data ./data

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from service.errors import ModelError, OverloadedError, ServiceError
-from service.metrics import Metrics
+from service.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import json
 import logging
 
 from service.engine import DocumentSource, Ranker, Ranking
-from service.metrics import Metrics
 from service.redis_link import RedisLink, RedisUnavailable
+from service.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ import logging
 
 from pydantic import ValidationError
 
-from service.bundle import indexer_files, load_manifest
-from service.errors import BundleError
+from bundle import Bundle, BundleError
 from service.logs import configure_logging
 from service.settings import ServiceSettings
 
@@ -55,15 +54,16 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: `lmindexer --help` stays fast
 
     from service.app import create_app
-    from service.components import default_store_path
+    from service.components import choose_indexer_precision, default_store_path
     from service.store import DocumentStore
 
     settings = build_settings(args)
     configure_logging(settings.log_level, use_json=settings.log_json)
     # Fail fast, with a clear message and no traceback, before uvicorn starts.
-    manifest = load_manifest(settings.bundle_dir)
-    indexer_files(manifest, settings.indexer_precision)  # int8 asked of a bundle without it
-    DocumentStore.check_belongs_to(settings.store_path or default_store_path(manifest), manifest.fingerprint)
+    # The manifest is read strictly: a missing or unknown key, or another format version, stops here.
+    bundle = Bundle.open(settings.bundle_dir)
+    choose_indexer_precision(bundle, settings.indexer_precision)  # int8 asked of a bundle without it
+    DocumentStore.check_belongs_to(settings.store_path or default_store_path(bundle), bundle.fingerprint)
     app = create_app(settings)
     # One worker per process: the models are loaded once; scale with replicas (docs/service.md).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,

@@ -12,25 +12,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bundle import Manifest, indexer_files, load_documents, load_manifest
+from bundle import Bundle, BundleError, HistorySpec, OnnxRunner, TextModelEntry, TextTokenizer, choose_providers
 from service.cache import CachedDocuments, CachedRanker, ResultCache
 from service.engine import DocumentSource, Engine, EngineLimits, IndexDocuments, ModelRanker, Ranker
-from service.errors import BundleError
 from service.index import LiveIndex
-from service.metrics import Metrics
-from service.model import OnnxModel, TextTokenizer, choose_providers
 from service.redis_link import RedisLink
 from service.replication import LocalWriter, StreamWriter
 from service.settings import ServiceSettings
 from service.store import DocumentStore
+from service.telemetry import Metrics
 from trie import SemanticIdTrie, TrieError
 
 logger = logging.getLogger(__name__)
 
 
-def default_store_path(manifest: Manifest) -> Path:
+def default_store_path(bundle: Bundle) -> Path:
     """var/store-<bundle fingerprint>.sqlite3 under the working directory (one store per bundle)."""
-    return Path("var") / f"store-{manifest.fingerprint}.sqlite3"
+    return Path("var") / f"store-{bundle.fingerprint}.sqlite3"
+
+
+def choose_indexer_precision(bundle: Bundle, precision: str) -> str:
+    """The indexer encoder to run for the precision setting (auto, fp32, int8): "fp32" or "int8".
+
+    auto picks the int8 encoder when the bundle has one, else fp32; int8 on a bundle without one raises
+    BundleError, saying why the export left it out.
+    """
+    if precision not in ("auto", "fp32", "int8"):
+        raise ValueError(f"unknown indexer precision {precision!r}")
+    entry = bundle.manifest.models["indexer"]
+    assert isinstance(entry, TextModelEntry)  # the manifest admits no other kind of indexer
+    int8 = entry.int8_encoder
+    has_int8 = int8 is not None and int8.file is not None
+    if precision == "fp32" or (precision == "auto" and not has_int8):
+        return "fp32"
+    if not has_int8:
+        why = int8.skipped if int8 is not None else "the bundle was exported without one"
+        raise BundleError(f"indexer_precision is int8 (LMINDEXER_INDEXER_PRECISION) but {bundle.directory} has no "
+                          f"int8 indexer encoder (manifest.json models.indexer.int8_encoder; {why}); use auto or "
+                          "fp32, or re-export the bundle with indexer_int8 on")
+    return "int8"
 
 
 @dataclass
@@ -38,7 +58,7 @@ class Components:
     """The engine and everything it is built from; ``start`` builds, ``stop`` releases."""
 
     settings: ServiceSettings
-    manifest: Manifest
+    bundle: Bundle
     metrics: Metrics
     engine: Engine
     ranker: ModelRanker
@@ -53,34 +73,34 @@ class Components:
     async def start(cls, settings: ServiceSettings, metrics: Metrics | None = None) -> Components:
         """Load the bundle, replay the store into the trie, load the models, connect to Redis."""
         metrics = metrics or Metrics()
-        manifest = load_manifest(settings.bundle_dir)
+        bundle = Bundle.open(settings.bundle_dir)
+        manifest = bundle.manifest
         # Only the indexer may run the int8 encoder; search and recommend stay fp32 (docs/bundle.md).
-        indexer, indexer_precision = indexer_files(manifest, settings.indexer_precision)
-        graphs = {**manifest.models, "indexer": indexer}
-        table = await asyncio.to_thread(load_documents, manifest)
+        precision = choose_indexer_precision(bundle, settings.indexer_precision)
+        table = await asyncio.to_thread(bundle.documents)
         try:
-            trie = await asyncio.to_thread(SemanticIdTrie.load, manifest.trie, mmap=True)
+            trie = await asyncio.to_thread(SemanticIdTrie.load, bundle.trie_path, mmap=True)
         except (TrieError, OSError, ValueError) as exc:
-            raise BundleError(f"{manifest.trie}: cannot load the trie ({exc})") from exc
+            raise BundleError(f"{bundle.trie_path}: cannot load the trie ({exc})") from exc
         if tuple(trie.codebook_sizes) != manifest.codebook_sizes:
-            raise BundleError(f"{manifest.trie}: codebook sizes {tuple(trie.codebook_sizes)} differ from the "
+            raise BundleError(f"{bundle.trie_path}: codebook sizes {tuple(trie.codebook_sizes)} differ from the "
                               f"manifest's {manifest.codebook_sizes}")
-        store_path = settings.store_path or default_store_path(manifest)
-        store = DocumentStore(store_path, bundle_fingerprint=manifest.fingerprint, first_row=len(table),
+        store_path = settings.store_path or default_store_path(bundle)
+        store = DocumentStore(store_path, bundle_fingerprint=bundle.fingerprint, first_row=len(table),
                               index_version=manifest.index_version, synchronous=settings.store_synchronous)
-        index = await asyncio.to_thread(LiveIndex, table, trie, store, counter_size=manifest.codebook_sizes[-1])
-        providers = choose_providers(settings.execution_provider)
-        max_history_length = int(manifest.raw.get("max_history_length", manifest.max_document_length))
-        lengths = {"indexer": manifest.max_document_length, "retriever": manifest.max_query_length,
-                   "recommender": max_history_length}
+        index = await asyncio.to_thread(LiveIndex, table, trie, store)
+        providers = choose_providers(settings.execution_provider.value)
+        # Each model reads its inputs cut where it was trained and parity-checked: the manifest's
+        # max_input_length of its own entry. Models with the same length share one tokenizer.
         tokenizers: dict[int, TextTokenizer] = {}
-        models: dict[str, OnnxModel] = {}
-        for name, files in graphs.items():
-            length = lengths[name]
-            tokenizer = tokenizers.setdefault(length, TextTokenizer(manifest.tokenizer, length))
+        models: dict[str, OnnxRunner] = {}
+        for name, entry in manifest.models.items():
+            tokenizer = tokenizers.setdefault(entry.max_input_length,
+                                              TextTokenizer(bundle.path(manifest.tokenizer), entry.max_input_length))
             models[name] = await asyncio.to_thread(
-                OnnxModel, files, tokenizer, codebook_sizes=manifest.codebook_sizes, providers=providers,
-                intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
+                OnnxRunner.for_model, bundle, name, int8=name == "indexer" and precision == "int8",
+                tokenizer=tokenizer, providers=providers, intra_op_threads=settings.intra_op_threads,
+                allow_spinning=settings.allow_spinning)
         searchers = {name: model for name, model in models.items() if name != "indexer"}
         ranker = ModelRanker(searchers, index, metrics, beam_size=settings.beam_size,
                              batch_max_size=settings.batch_max_size,
@@ -103,12 +123,12 @@ class Components:
                                   extra_read_timeout_s=settings.stream_block_ms / 1000.0)
             links = [link, read_link]
             if settings.cache_ttl_s > 0:
-                cache = ResultCache(link, namespace=f"lmindexer:v1:{manifest.fingerprint}",
+                cache = ResultCache(link, namespace=f"lmindexer:v1:{bundle.fingerprint}",
                                     ttl_s=settings.cache_ttl_s, metrics=metrics)
                 front_ranker = CachedRanker(ranker, cache)
                 documents = CachedDocuments(documents, cache)
             writer = StreamWriter(index, link=link, read_link=read_link,
-                                  stream_key=f"{settings.stream_key_prefix}:{manifest.fingerprint}",
+                                  stream_key=f"{settings.stream_key_prefix}:{bundle.fingerprint}",
                                   replica_id=replica_id, metrics=metrics, block_ms=settings.stream_block_ms,
                                   write_timeout_s=settings.write_timeout_s,
                                   retry_interval_s=settings.redis_retry_interval_s)
@@ -123,8 +143,7 @@ class Components:
                                             max_history_items=settings.max_history_items,
                                             max_batch_documents=settings.max_batch_documents,
                                             max_text_chars=settings.max_text_chars),
-                        max_history=manifest.max_history, history_separator=manifest.history_separator,
-                        models=list(searchers))
+                        history=_history(manifest.models.get("recommender")), models=list(searchers))
         ranker.start()
         await writer.start()
         # Everything loaded so far lives as long as the process: keep it out of every later GC pass
@@ -132,12 +151,12 @@ class Components:
         gc.collect()
         gc.freeze()
         logger.info("serving bundle %s (fingerprint %s): %d documents, index version %d, providers %s, "
-                    "indexer precision %s (setting %s), redis %s, store %s", manifest.directory,
-                    manifest.fingerprint, len(index.snapshot), index.snapshot.version, providers, indexer_precision,
+                    "indexer precision %s (setting %s), redis %s, store %s", bundle.directory,
+                    bundle.fingerprint, len(index.snapshot), index.snapshot.version, providers, precision,
                     settings.indexer_precision, _redact(settings.redis_url) if settings.redis_url else "off",
                     store_path)
-        return cls(settings=settings, manifest=manifest, metrics=metrics, engine=engine, ranker=ranker,
-                   writer=writer, store=store, providers=providers, indexer_precision=indexer_precision,
+        return cls(settings=settings, bundle=bundle, metrics=metrics, engine=engine, ranker=ranker,
+                   writer=writer, store=store, providers=providers, indexer_precision=precision,
                    links=links)
 
     async def stop(self) -> None:
@@ -162,11 +181,16 @@ class Components:
     def info(self) -> dict[str, Any]:
         """GET /info: manifest, document count, index version, runtime facts."""
         snapshot = self.engine.index.snapshot
-        return {"manifest": self.manifest.raw, "bundle_fingerprint": self.manifest.fingerprint,
+        return {"manifest": self.bundle.manifest.to_dict(), "bundle_fingerprint": self.bundle.fingerprint,
                 "num_documents": len(snapshot), "index_version": snapshot.version,
-                "models": sorted(self.manifest.models), "execution_providers": self.providers,
+                "models": sorted(self.bundle.manifest.models), "execution_providers": self.providers,
                 "indexer_precision": self.indexer_precision,
                 "replication": self.writer.status(), "started_at": self.started_at}
+
+
+def _history(entry: object) -> HistorySpec | None:
+    """The recommender's history rule, None without a history-text recommender."""
+    return entry.history if isinstance(entry, TextModelEntry) else None
 
 
 def _redact(url: str) -> str:

@@ -1,17 +1,18 @@
 """The engine: search, recommend, index documents, look documents up. No HTTP here.
 
-Request flow (docs/service.md has the picture):
+Request flow (service/README.md has the picture):
     route -> Engine.search -> CachedRanker.rank (Redis, keyed by index version)
           -> ModelRanker.rank -> MicroBatcher.submit -> worker thread:
-             encoder once per query, then trie.constrained_beam_search with the decoder as step_fn
+             encoder once per query (bundle.OnnxRunner), then trie.constrained_beam_search with
+             OnnxRunner.step_fn (the live beams grouped per query, one decoder call per level)
 Blocking work (onnxruntime, beam search, SQLite) runs only in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bundle import HistorySpec, OnnxRunner
 from service.batching import MicroBatcher
 from service.errors import (
     BadRequestError,
@@ -29,19 +31,17 @@ from service.errors import (
     ServiceError,
 )
 from service.index import IndexedDocument, LiveIndex, NewDocument, UpdateOutcome
-from service.metrics import Metrics
-from service.model import Encoded, OnnxModel
-from trie import constrained_beam_search
+from service.schemas import DocumentBody, SearchHit, encode_document, encode_hits
+from service.telemetry import Metrics
+from trie import FALLBACK_PREFIXES, constrained_beam_search
 
 logger = logging.getLogger(__name__)
-
-# Last-level codes kept per new document, so a full counter space falls back to the next prefix.
-FALLBACK_PREFIXES = 16
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """The top-k documents for one model input, as a JSON array of hits (ready to send or cache)."""
+    """The top-k documents for one model input, as the JSON array ``SearchResponse.results`` (ready to send
+    or cache; encoded by service.schemas.encode_hits)."""
 
     results_json: bytes
     index_version: int
@@ -84,41 +84,10 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def _step_fn(model: OnnxModel, encoded: Encoded) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray]:
-    """The trie's step_fn over ``model``'s decoder: live beams grouped by query into (B, W, L) codes.
-
-    Encoder states are computed once per query (``encoded``); each level runs one decoder call for
-    the queries that still have live beams, W = the most beams any of them has (shorter groups are
-    padded with code 0 and their rows ignored).
-    """
-    num_levels = model.num_levels
-
-    def step(level: int, query_index: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
-        count = len(query_index)
-        order = np.argsort(query_index, kind="stable")  # beams of one query together, in order
-        queries, starts, counts = np.unique(query_index[order], return_index=True, return_counts=True)
-        width = int(counts.max())
-        batch_pos = np.repeat(np.arange(len(queries)), counts)  # (N,) row in the sub-batch
-        beam_pos = np.arange(count) - np.repeat(starts, counts)  # (N,) beam slot within its query
-        codes = np.zeros((len(queries), width, num_levels), dtype=np.int64)  # (B', W, L)
-        if level:
-            codes[batch_pos, beam_pos, :level] = np.asarray(prefixes, dtype=np.int64)[order]
-        if len(queries) == encoded.states.shape[0]:
-            sub = encoded
-        else:
-            sub = Encoded(encoded.states[queries], encoded.attention_mask[queries])
-        log_probs = model.step(sub, codes, level)  # (B', W, K_level)
-        out = np.empty((count, log_probs.shape[-1]), dtype=np.float32)  # (N, K_level)
-        out[order] = log_probs[batch_pos, beam_pos]
-        return out
-
-    return step
-
-
 class ModelRanker:
     """Ranks with the bundle's models: one micro-batcher per model, beam search over the live trie."""
 
-    def __init__(self, models: dict[str, OnnxModel], index: LiveIndex, metrics: Metrics, *, beam_size: int,
+    def __init__(self, models: dict[str, OnnxRunner], index: LiveIndex, metrics: Metrics, *, beam_size: int,
                  batch_max_size: int, batch_max_wait_s: float, queue_max_depth: int) -> None:
         self._index = index
         self._metrics = metrics
@@ -156,7 +125,7 @@ class ModelRanker:
         """Rank a batch synchronously, bypassing the queue (readiness checks, benchmarks)."""
         return self._batch_runner(self._models[model])([_Query(t, k) for t, k in queries])
 
-    def _batch_runner(self, model: OnnxModel) -> Callable[[list[_Query]], Sequence[Ranking]]:
+    def _batch_runner(self, model: OnnxRunner) -> Callable[[list[_Query]], Sequence[Ranking]]:
         def run(queries: list[_Query]) -> list[Ranking]:
             snapshot = self._index.snapshot  # one consistent index version for the whole batch
             encoded = model.encode([q.text for q in queries])
@@ -168,21 +137,20 @@ class ModelRanker:
                 groups.setdefault(max(self._beam_size, q.k), []).append(i)
             for beam_size, members in groups.items():
                 index = np.asarray(members)
-                sub = encoded if len(members) == len(queries) else Encoded(
-                    encoded.states[index], encoded.attention_mask[index])
+                sub = encoded.rows(index)
                 top_k = max(queries[i].k for i in members)
                 started = time.perf_counter()
-                result = constrained_beam_search(_step_fn(model, sub), snapshot.trie, num_queries=len(members),
+                result = constrained_beam_search(model.step_fn(sub), snapshot.trie, num_queries=len(members),
                                                  beam_size=beam_size, top_k=top_k)
                 self._metrics.beam_search_seconds.labels(model=model.name).observe(time.perf_counter() - started)
                 for j, i in enumerate(members):
                     hits = self._hits(model.name, snapshot, result, j, queries[i].k)
-                    rankings[i] = Ranking(json.dumps(hits, ensure_ascii=False).encode("utf-8"), snapshot.version)
+                    rankings[i] = Ranking(encode_hits(hits), snapshot.version)
             return [r for r in rankings if r is not None]
 
         return run
 
-    def _hits(self, model: str, snapshot: Any, result: Any, j: int, k: int) -> list[dict[str, Any]]:
+    def _hits(self, model: str, snapshot: Any, result: Any, j: int, k: int) -> list[SearchHit]:
         hits = []
         for rank in range(min(k, int(result.counts[j]))):
             semantic_id = tuple(int(c) for c in result.semantic_ids[j, rank])
@@ -192,10 +160,16 @@ class ModelRanker:
                 self._metrics.invalid_ids.labels(model=model).inc()
                 logger.error("beam search produced an ID not in the index: %s", semantic_id)
                 continue
-            hits.append({"doc_id": document.doc_id, "score": float(result.scores[j, rank]),
-                         "semantic_id": list(semantic_id),
-                         "document": {"doc_id": document.doc_id, "text": document.text,
-                                      "metadata": document.metadata}})
+            score = float(result.scores[j, rank])
+            if not math.isfinite(score):
+                # -inf: a code the model gives probability 0 (the trie allowed it, the model did not); it
+                # would rank last anyway, and JSON has no -inf. Counted, never returned.
+                self._metrics.nonfinite_scores.labels(model=model).inc()
+                logger.warning("dropped a hit scored %s by the %s model: %s", score, model, semantic_id)
+                continue
+            hits.append(SearchHit(doc_id=document.doc_id, score=score, semantic_id=list(semantic_id),
+                                  document=DocumentBody(doc_id=document.doc_id, text=document.text,
+                                                        metadata=document.metadata)))
         return hits
 
 
@@ -211,9 +185,9 @@ class IndexDocuments:
         return self._index.snapshot.version
 
     async def document_json(self, doc_id: str) -> bytes | None:
-        """The document as JSON bytes, or None."""
+        """The document as JSON bytes (a DocumentResponse), or None."""
         document = self._index.snapshot.document(doc_id)
-        return None if document is None else json.dumps(document.as_dict(), ensure_ascii=False).encode("utf-8")
+        return None if document is None else encode_document(document.as_dict())
 
 
 @dataclass(frozen=True)
@@ -246,8 +220,8 @@ class Engine:
     """The service's operations, independent of HTTP."""
 
     def __init__(self, *, index: LiveIndex, ranker: Ranker, documents: DocumentSource, writer: IndexWriter,
-                 indexer: OnnxModel, metrics: Metrics, limits: EngineLimits, max_history: int,
-                 history_separator: str, models: Sequence[str]) -> None:
+                 indexer: OnnxRunner, metrics: Metrics, limits: EngineLimits, history: HistorySpec | None,
+                 models: Sequence[str]) -> None:
         self.index = index
         self._ranker = ranker
         self._documents = documents
@@ -255,8 +229,7 @@ class Engine:
         self._indexer = indexer
         self._metrics = metrics
         self.limits = limits
-        self._max_history = max_history
-        self._history_separator = history_separator
+        self._history = history  # the recommender's input rule (the bundle manifest's), None without one
         self._models = set(models)
         # One indexer call at a time: it already uses every core.
         self._indexer_slot = asyncio.Semaphore(1)
@@ -290,7 +263,7 @@ class Engine:
         return SearchOutcome(await self._ranker.rank("retriever", text, k))
 
     def history_input(self, history: list[str] | None, history_texts: list[str] | None) -> tuple[str, list[str]]:
-        """The recommender's input and the warnings: texts most recent first, joined, at most max_history.
+        """The recommender's input and the warnings: the manifest's rule (bundle.HistorySpec.text) on the texts.
 
         ``history`` (doc_ids) and ``history_texts`` are both oldest first, as clients keep them.
         Unknown doc_ids are skipped and named in the warnings; when none is known: 404.
@@ -322,8 +295,10 @@ class Engine:
             texts = [normalise_text(t) for t in items]
             if not all(texts):
                 raise BadRequestError("history_texts must not hold empty or whitespace-only texts")
-        recent_first = [normalise_text(t) for t in texts[-self._max_history:]][::-1]
-        return self._history_separator.join(recent_first), warnings
+        if self._history is None:
+            raise NotFoundError("this bundle has no recommender model; POST /recommend is not available")
+        kept = texts[-self._history.max_items:]  # the rule keeps these; normalise only them
+        return self._history.text([normalise_text(t) for t in kept]), warnings
 
     async def recommend(self, history: list[str] | None, history_texts: list[str] | None, k: int) -> SearchOutcome:
         """The top-k next items for a user's history (recommender model)."""

@@ -7,11 +7,14 @@ without knowing about HTTP; ``service.app`` maps them to one JSON body shape:
      "request_id": "<X-Request-ID>", "details": [...]}
 
 ``details`` is a list (empty unless there is something per field to say, e.g. validation errors).
+``BundleError`` (a bundle or the store beside it cannot be served) is bundle's own, re-exported here.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+from bundle import BundleError
 
 
 class ServiceError(Exception):
@@ -91,7 +94,5 @@ class ModelError(ServiceError):
     error_type = "internal"
 
 
-class BundleError(Exception):
-    """The bundle (or the store beside it) cannot be served. Printed by the CLI without a traceback."""
-
-    exit_status: ClassVar[int] = 2
+__all__ = ["BadRequestError", "BundleError", "ConflictError", "IndexFullError", "ModelError", "NotFoundError",
+           "NotReadyError", "OverloadedError", "PayloadTooLargeError", "ServiceError", "UnauthorizedError"]

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import DocumentTable
+from bundle import DocumentTable
 from service.errors import ConflictError, IndexFullError
 from service.store import DocumentStore, StoredDocument
-from trie import CounterExhaustedError, SemanticIdTrie
+from trie import CounterExhaustedError, SemanticIdTrie, next_free_id
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +128,8 @@ class IndexSnapshot:
 class LiveIndex:
     """The mutable holder of the current ``IndexSnapshot``; ``apply`` is its only writer."""
 
-    def __init__(self, bundle: DocumentTable, trie: SemanticIdTrie, store: DocumentStore,
-                 *, counter_size: int) -> None:
+    def __init__(self, bundle: DocumentTable, trie: SemanticIdTrie, store: DocumentStore) -> None:
         self._store = store
-        self._counter_size = counter_size
         state = store.load()
         self._next_row = max(state.next_row, len(bundle))
         self.last_stream_id = state.last_stream_id
@@ -163,26 +161,17 @@ class LiveIndex:
             out.append(IndexedDocument(doc_id, existing.semantic_id, "unchanged"))
         return out
 
-    def _free_id(self, trie: SemanticIdTrie, doc: NewDocument, taken: set[tuple[int, ...]]) -> tuple[int, ...]:
-        """The document's ID: greedy prefix + next free counter, else the next most probable prefix."""
+    @staticmethod
+    def _free_id(trie: SemanticIdTrie, doc: NewDocument, taken: set[tuple[int, ...]]) -> tuple[int, ...]:
+        """The document's ID by the counter rule (trie.next_free_id): greedy prefix + next free counter, else
+        the next most probable prefix. ``taken``: the IDs given earlier in this update."""
         if not doc.codes:
             raise ConflictError(f"document {doc.doc_id!r} changed while this batch was being indexed; "
                                 "retry the batch")
-        candidates = [doc.codes[-1], *[c for c in doc.alternatives if c != doc.codes[-1]]]
-        for last in candidates:
-            prefix = (*doc.codes[:-1], int(last))
-            try:
-                counter = trie.next_counter(prefix)
-            except CounterExhaustedError:
-                continue
-            # next_counter knows the trie, not the IDs given earlier in this batch.
-            while counter < self._counter_size and (
-                    (*prefix, counter) in taken or trie.row_of((*prefix, counter)) is not None):
-                counter += 1
-            if counter < self._counter_size:
-                return (*prefix, counter)
-        raise IndexFullError(f"no free semantic ID for document {doc.doc_id!r}: every counter under its "
-                             f"{len(candidates)} most probable prefixes is used")
+        try:
+            return next_free_id(trie, doc.codes, doc.alternatives, taken)
+        except CounterExhaustedError as exc:
+            raise IndexFullError(f"no free semantic ID for document {doc.doc_id!r}: {exc}") from None
 
     def apply(self, documents: list[NewDocument], *, stream_id: str | None = None) -> UpdateOutcome:
         """Apply one update durably (one store transaction), then publish the new snapshot.

@@ -16,7 +16,7 @@ from typing import TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from service.metrics import Metrics
+from service.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 

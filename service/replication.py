@@ -28,8 +28,8 @@ from typing import Any
 
 from service.errors import NotReadyError
 from service.index import LiveIndex, NewDocument, UpdateOutcome
-from service.metrics import Metrics
 from service.redis_link import RedisLink, RedisUnavailable
+from service.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,24 +1,24 @@
 """The HTTP routes: validate, call the engine, frame the answer. No model, store or Redis code here.
 
-Search answers are framed from the ranking's JSON bytes (which the cache stores as is) rather than
-re-validated through pydantic: the response models still document the shape in the OpenAPI schema.
+The response models of service.schemas are both what OpenAPI shows and what is sent: search answers
+and documents are encoded by service.schemas' encoders (from the ranking's hits, encoded once when
+ranked and cached as bytes), the other answers by FastAPI from the same models.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.components import Components
 from service.engine import Engine, SearchOutcome
 from service.errors import NotReadyError, UnauthorizedError
-from service.metrics import CONTENT_TYPE
 from service.schemas import (
+    DOC_ID_RULE,
     DocumentResponse,
     ErrorResponse,
     IndexDocumentsRequest,
@@ -26,13 +26,26 @@ from service.schemas import (
     RecommendRequest,
     SearchRequest,
     SearchResponse,
+    encode_json,
+    encode_search_response,
 )
+from service.telemetry import CONTENT_TYPE
 
 router = APIRouter()
 
+
+class StrictJSONResponse(JSONResponse):
+    """The app's JSON response class: encoded by service.schemas.encode_json (strict JSON)."""
+
+    def render(self, content: Any) -> bytes:
+        return encode_json(content)
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
-    for status, description in ((422, "Invalid request"), (429, "Queue full: retry after Retry-After seconds"),
+    for status, description in ((400, "The body could not be parsed (e.g. numbers over 4300 digits, nesting over "
+                                      "Python's recursion limit)"),
+                                (422, "Invalid request"), (429, "Queue full: retry after Retry-After seconds"),
                                 (503, "Not ready"))
 }
 
@@ -74,10 +87,9 @@ async def require_api_key(request: Request, authorization: Annotated[str | None,
 
 def _ranking_response(outcome: SearchOutcome, started: float) -> Response:
     ranking = outcome.ranking
-    tail = json.dumps({"index_version": ranking.index_version,
-                       "took_ms": round((time.perf_counter() - started) * 1000, 3),
-                       "cached": ranking.cached, "warnings": outcome.warnings})
-    body = b'{"results":' + ranking.results_json + b"," + tail[1:].encode()
+    body = encode_search_response(ranking.results_json, index_version=ranking.index_version,
+                                  took_ms=round((time.perf_counter() - started) * 1000, 3),
+                                  cached=ranking.cached, warnings=outcome.warnings)
     return Response(content=body, media_type="application/json")
 
 
@@ -114,8 +126,9 @@ async def index_documents(body: IndexDocumentsRequest, engine: EngineDep) -> Ind
 
 @router.get("/documents/{doc_id}", response_model=DocumentResponse, tags=["documents"],
             responses={404: {"model": ErrorResponse, "description": "Unknown doc_id"}})
-async def get_document(doc_id: str, engine: EngineDep) -> Response:
-    """A document (text, metadata, semantic ID) by doc_id."""
+async def get_document(doc_id: Annotated[str, Path(description="The doc_id, percent-encoded. " + DOC_ID_RULE)],
+                       engine: EngineDep) -> Response:
+    """A document (text, metadata, semantic ID) by doc_id, percent-encoded in the path (one segment)."""
     return Response(content=await engine.document_json(doc_id), media_type="application/json")
 
 
@@ -126,13 +139,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["ops"], responses={503: {"description": "Not ready"}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> StrictJSONResponse:
     """Readiness: bundle loaded and store writable; Redis and replication are reported, not required."""
     components: Components | None = getattr(request.app.state, "components", None)
     if components is None:
-        return JSONResponse({"ready": False, "bundle_loaded": False}, status_code=503)
+        return StrictJSONResponse({"ready": False, "bundle_loaded": False}, status_code=503)
     ready, report = await components.readiness()
-    return JSONResponse({"ready": ready, **report}, status_code=200 if ready else 503)
+    return StrictJSONResponse({"ready": ready, **report}, status_code=200 if ready else 503)
 
 
 @router.get("/info", tags=["ops"])

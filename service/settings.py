@@ -129,8 +129,8 @@ class ServiceSettings(BaseSettings):
                     "slower.")
     max_query_chars: int = Field(2000, ge=1, description="Longest accepted query (characters); longer: 422.")
     max_history_items: int = Field(
-        1000, ge=1, description="Longest accepted history list (only the manifest's max_history most "
-                               "recent items reach the model); longer: 422.")
+        1000, ge=1, description="Longest accepted history list (only the most recent items, the manifest's "
+                               "models.recommender.history.max_items, reach the model); longer: 422.")
     max_batch_documents: int = Field(
         1000, ge=1, description="Most documents in one /index-documents call; more: 413.")
     max_body_bytes: int = Field(

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.errors import ConfigError
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def embed_texts(
     # Sort by length so each batch pads little; restore the order at the end.
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc="embed", unit="batch", disable=not show_progress):
+    for start in progress_bar(range(0, len(texts), batch_size), desc="embed", unit="batch", disable=not show_progress):
         rows = order[start : start + batch_size]
         batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt").to(device)

@@ -18,8 +18,8 @@ arrays of a small layer are a pure function of its keys). An ID lives in exactly
 >>> trie.allowed_mask(np.array([[1]])).nonzero()[1].tolist()
 [2]
 >>> trie2 = trie.with_inserted(np.array([[1, 3, 0]]), rows=np.array([3]))
->>> trie2.version, len(trie2), len(trie), trie2.next_counter((1, 3))
-(1, 4, 3, 1)
+>>> trie2.version, len(trie2), len(trie), trie2.row_of((1, 3, 0))
+(1, 4, 3, 3)
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from trie.errors import (
-    CounterExhaustedError,
     DuplicateRowError,
     DuplicateSemanticIdError,
     InvalidSemanticIdError,
@@ -427,41 +426,6 @@ class SemanticIdTrie:
             dead = np.arange(total) + np.repeat(start - (ends - count), count)
             mask[np.repeat(np.arange(len(nodes)), count), codes[dead]] = False
 
-    # ------------------------------------------------------------------------------------ counters
-
-    def next_counter(self, prefix: Sequence[int]) -> int:
-        """The smallest counter free under a learned prefix (L codes). CounterExhaustedError when none."""
-        return int(self.next_counters(np.asarray(prefix).reshape(1, -1))[0])
-
-    def next_counters(self, prefixes: Any) -> np.ndarray:
-        """Free counters for learned prefixes ``(M, L)`` -> ``(M,)`` int64, distinct within the batch.
-
-        Equal prefixes in one batch get successive free counters (in batch order), so the IDs
-        ``prefixes + counters`` can be inserted together.
-        """
-        learned = self.depth - 1
-        array = self._codec.validate(prefixes, width=learned, what="learned prefixes")
-        if len(array) == 0:
-            return np.zeros(0, dtype=np.int64)
-        # Rank of each prefix among the equal prefixes before it in the batch.
-        packed = self._codec.pack_prefixes(array)
-        order = np.argsort(packed, kind="stable")
-        sorted_packed = packed[order]
-        starts = np.flatnonzero(np.r_[True, sorted_packed[1:] != sorted_packed[:-1]])
-        group = np.cumsum(np.r_[True, sorted_packed[1:] != sorted_packed[:-1]]) - 1
-        rank = np.empty(len(array), dtype=np.int64)
-        rank[order] = np.arange(len(array)) - starts[group]
-        free = ~self.allowed_mask(array)
-        free_before = np.cumsum(free, axis=1)
-        exhausted = free_before[:, -1] <= rank
-        if exhausted.any():
-            bad = array[exhausted]
-            raise CounterExhaustedError(
-                f"no free counter (counter_size {self.codebook_sizes[-1]}) under {len(bad)} learned "
-                f"prefix(es): {self._codec.format_ids(bad)}"
-            )
-        return np.argmax(free_before > rank[:, None], axis=1).astype(np.int64)
-
     # ------------------------------------------------------------------------------------- updates
 
     def with_inserted(self, ids: Any, rows: Any) -> SemanticIdTrie:
@@ -606,7 +570,7 @@ class SemanticIdTrie:
         return SemanticIdTrie(self._codec, base, np.zeros(0, dtype=np.int64), empty, empty, self._version)
 
     def with_version(self, version: int) -> SemanticIdTrie:
-        """The same IDs under another version number (LiveTrie.replace keeps versions increasing)."""
+        """The same IDs under another version number (a holder replacing its trie keeps versions increasing)."""
         return SemanticIdTrie(self._codec, self._base, self._tombstones, self._mid, self._tiny, version)
 
     # ---------------------------------------------------------------------------------- save, load

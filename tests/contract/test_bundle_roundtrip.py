@@ -1,28 +1,37 @@
-"""The bundle contract (docs/bundle.md), end to end: export a tiny bundle with training's code, then
-load it the way the service does — json + tokenizers + onnxruntime + trie, no torch and no training
-code on the serving side — and check that fixed queries give the same top-k as the torch model, and
-that a new document gets the same ID through the indexer graphs as through torch."""
+"""The bundle contract (docs/bundle.md), end to end: export a tiny bundle with every model (indexer, retriever,
+history-text recommender) with training's code, load it through bundle/ and through the service, and check
+that the service answers what the export's parity check decoded for the same inputs; that the ONNX graphs
+have the contract's signatures; that a new document gets the ID torch and the counter rule give; and that
+a manifest with a missing key, an unknown key or another format version stops `lmindexer serve`."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from tokenizers import Tokenizer
+from fastapi.testclient import TestClient
 from transformers import BertConfig, BertModel
 
+from bundle import Bundle, HistorySpec, OnnxRunner
+from service.app import create_app
+from service.settings import ServiceSettings
 from training.data.amazon import items_as_documents, load_amazon
 from training.downstream.cold_start import greedy_codes
 from training.downstream.evaluate import TorchModel, beam_search
-from training.downstream.export import BundleModel, export_bundle
+from training.downstream.export import BundleModel, check_parity, export_bundle
 from training.encoder import load_tokenizer
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
-from trie import SemanticIdTrie, constrained_beam_search
+from trie import SemanticIdTrie, constrained_beam_search, next_free_id
 
+REPO = Path(__file__).resolve().parents[2]
 QUERIES = [
     "nail polish in a bright red",
     "a shampoo for dry hair",
@@ -31,6 +40,9 @@ QUERIES = [
     "moisturizing face cream with SPF 30 for sensitive skin, fragrance free, dermatologist tested and approved",
     "perfume",
 ]
+# Each model reads its own length: the service must cut every input where its model was trained.
+LENGTHS = {"indexer": 32, "retriever": 20, "recommender": 48}
+HISTORY = HistorySpec(max_items=3, separator=". ", order="most_recent_first")
 
 
 def tiny_network(seed: int) -> SemanticIdNetwork:
@@ -42,7 +54,7 @@ def tiny_network(seed: int) -> SemanticIdNetwork:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, dict[str, SemanticIdNetwork], list]:
+def exported(tmp_path_factory) -> tuple[Path, dict[str, SemanticIdNetwork]]:
     documents = items_as_documents(load_amazon())[:60]
     rng = np.random.default_rng(3)
     learned = rng.permutation(np.array([(a, b) for a in range(16) for b in range(16)]))[:50]
@@ -50,117 +62,144 @@ def exported(tmp_path_factory) -> tuple[Path, dict[str, SemanticIdNetwork], list
     ids = np.concatenate([learned, np.r_[np.zeros(50), np.ones(10)][:, None]], axis=1).astype(np.int64)
     networks = {"indexer": tiny_network(1), "retriever": tiny_network(2), "recommender": tiny_network(3)}
     texts = [d.text for d in documents]
-    models = {name: BundleModel(network, texts[:30], 32) for name, network in networks.items()}
+    models = {name: BundleModel(network, texts[:30], LENGTHS[name],
+                                history=HISTORY if name == "recommender" else None)
+              for name, network in networks.items()}
     out = tmp_path_factory.mktemp("contract") / "bundle"
-    export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2", max_query_length=32,
-                  max_document_length=32)
-    return out, networks, documents
+    export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2")
+    return out, networks
 
 
-class ServedModel:
-    """A model loaded only from the bundle, as docs/bundle.md describes it."""
+@pytest.fixture(scope="module")
+def client(exported, tmp_path_factory) -> Iterator[TestClient]:
+    bundle, _ = exported
+    store = tmp_path_factory.mktemp("store") / "store.sqlite3"
+    # fp32 indexer: the int8 encoder, when the export writes one, may pick other codes by design.
+    settings = ServiceSettings(bundle_dir=bundle, store_path=store, log_json=False, indexer_precision="fp32")
+    with TestClient(create_app(settings)) as c:
+        yield c
 
-    def __init__(self, bundle: Path, manifest: dict, name: str, max_length: int) -> None:
-        spec = manifest["models"][name]
-        self.encoder = onnxruntime.InferenceSession(str(bundle / spec["encoder"]), providers=["CPUExecutionProvider"])
-        self.step = onnxruntime.InferenceSession(str(bundle / spec["decoder_step"]),
-                                                 providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_file(str(bundle / manifest["tokenizer"]))
-        self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the longest in the batch
-        self.sizes = manifest["semantic_ids"]["codebook_sizes"]
-        self.num_levels = manifest["semantic_ids"]["num_levels"]
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts)  # adds [CLS] / [SEP] itself
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        states = self.encoder.run(["encoder_states"], {"input_ids": ids, "attention_mask": mask})[0]
-        return states, mask
+def _parity_decode(bundle: Bundle, networks: dict[str, SemanticIdNetwork], name: str,
+                   texts: list[str]) -> np.ndarray:
+    """What the export's parity check decodes for `texts`: (Q, 10, L+1) semantic IDs."""
+    entry = bundle.manifest.models[name]
+    torch_model = TorchModel(networks[name], load_tokenizer(), max_length=entry.max_input_length, device="cpu")
+    figures, decoded = check_parity(torch_model, OnnxRunner.for_model(bundle, name), texts,
+                                    SemanticIdTrie.load(bundle.trie_path), tolerance=1e-4, beam_size=entry.beam_size)
+    assert figures.top_k_identical and figures.tokens_identical and figures.max_abs_diff <= 1e-4
+    return decoded
 
-    def step_fn(self, states: np.ndarray, mask: np.ndarray):
-        """The trie step function, written from the contract alone: one (B, W, L) call per level."""
-        def step(level: int, query_index: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
-            queries = np.unique(query_index)
-            width = max(int((query_index == q).sum()) for q in queries)
-            codes = np.zeros((len(queries), width, self.num_levels), dtype=np.int64)
-            where = []
-            for b, q in enumerate(queries):
-                for w, i in enumerate(np.flatnonzero(query_index == q)):
-                    codes[b, w, :level] = prefixes[i]
-                    where.append((i, b, w))
-            feed = {"encoder_states": states[queries], "attention_mask": mask[queries], "codes": codes,
-                    "level": np.array(level, dtype=np.int64)}
-            log_probs = self.step.run(["log_probs"], feed)[0]
-            out = np.empty((len(query_index), self.sizes[level]), dtype=np.float32)
-            for i, b, w in where:
-                out[i] = log_probs[b, w, : self.sizes[level]]
-            return out
-        return step
+
+def test_the_manifest_records_every_model_and_its_input_settings(exported) -> None:
+    bundle = Bundle.open(exported[0])
+    manifest = bundle.manifest
+    assert manifest.format_version == 2 and manifest.codebook_sizes == (16, 16, 4)
+    assert {name: entry.max_input_length for name, entry in manifest.models.items()} == LENGTHS
+    assert manifest.models["recommender"].history == HISTORY
+    for entry in manifest.models.values():
+        assert entry.kind == "text_to_id" and entry.beam_size == 20 and entry.pooling == "cross_attention"
+        assert entry.parity is not None and entry.parity.top_k_identical and entry.parity.inputs == 30
+    assert manifest.models["indexer"].int8_encoder is not None  # measured, written or not
 
 
 def test_graphs_have_the_signatures_of_the_contract(exported) -> None:
-    bundle, _, _ = exported
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
-    assert "encoder_int8" in manifest["models"]["indexer"]  # the optional int8 indexer encoder, written by default
-    for name in ("indexer", "retriever", "recommender"):
-        spec = manifest["models"][name]
+    bundle = Bundle.open(exported[0])
+    for name, entry in bundle.manifest.models.items():
+        int8 = entry.int8_encoder.file if entry.int8_encoder is not None else None
         # The int8 encoder (indexer only) has the fp32 encoder's signature: int8 weights, float32 states.
-        for encoder_key in ("encoder", "encoder_int8") if name == "indexer" else ("encoder",):
-            encoder = onnxruntime.InferenceSession(str(bundle / spec[encoder_key]), providers=["CPUExecutionProvider"])
+        for encoder_file in (entry.encoder, int8) if int8 else (entry.encoder,):
+            encoder = onnxruntime.InferenceSession(str(bundle.path(encoder_file)), providers=["CPUExecutionProvider"])
             assert [(i.name, i.type, len(i.shape)) for i in encoder.get_inputs()] == [
                 ("input_ids", "tensor(int64)", 2), ("attention_mask", "tensor(int64)", 2)]
             assert [(o.name, o.type, len(o.shape)) for o in encoder.get_outputs()] == [
                 ("encoder_states", "tensor(float)", 3)]
-        step = onnxruntime.InferenceSession(str(bundle / spec["decoder_step"]), providers=["CPUExecutionProvider"])
+        step = onnxruntime.InferenceSession(str(bundle.path(entry.decoder_step)), providers=["CPUExecutionProvider"])
         assert [(i.name, i.type, len(i.shape)) for i in step.get_inputs()] == [
             ("encoder_states", "tensor(float)", 3), ("attention_mask", "tensor(int64)", 2),
             ("codes", "tensor(int64)", 3), ("level", "tensor(int64)", 0)]
         assert [(o.name, o.type, len(o.shape)) for o in step.get_outputs()] == [("log_probs", "tensor(float)", 3)]
-        assert manifest["models"][name]["hidden_size"] == 32
-        assert manifest["onnx_parity"][name]["top10_identical"]
+        assert entry.hidden_size == 32, name
 
 
 @pytest.mark.parametrize("name", ["retriever", "recommender"])
-def test_served_top_k_equals_the_torch_model(exported, name) -> None:
-    bundle, networks, _ = exported
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    served = ServedModel(bundle, manifest, name, manifest["max_query_length"])
-    trie = SemanticIdTrie.load(bundle / manifest["trie"])
-    documents = [json.loads(line) for line in (bundle / manifest["documents"]).read_text().splitlines()]
-    states, mask = served.encode(QUERIES)
-    got = constrained_beam_search(served.step_fn(states, mask), trie, num_queries=len(QUERIES), beam_size=20,
-                                  top_k=10)
-    torch_model = TorchModel(networks[name], load_tokenizer(), max_length=manifest["max_query_length"], device="cpu")
+def test_the_bundle_runner_decodes_what_the_torch_model_decodes(exported, name) -> None:
+    bundle_dir, networks = exported
+    bundle = Bundle.open(bundle_dir)
+    runner = OnnxRunner.for_model(bundle, name)
+    trie = SemanticIdTrie.load(bundle.trie_path)
+    got = constrained_beam_search(runner.step_fn(runner.encode(QUERIES)), trie, num_queries=len(QUERIES),
+                                  beam_size=20, top_k=10)
+    torch_model = TorchModel(networks[name], load_tokenizer(), max_length=LENGTHS[name], device="cpu")
     want = beam_search(torch_model, QUERIES, trie, beam_size=20, top_k=10)
     np.testing.assert_array_equal(got.semantic_ids, want.semantic_ids)
     np.testing.assert_allclose(got.scores, want.scores, atol=1e-3)
     assert (got.counts == 10).all()
-    for q in range(len(QUERIES)):  # the documents.jsonl line of each row holds that row's ID
-        for row, semantic_id in zip(got.rows[q], got.semantic_ids[q], strict=True):
-            assert documents[row]["semantic_id"] == semantic_id.tolist()
+    table = bundle.documents()  # the documents.jsonl line of each row holds that row's ID
+    for q in range(len(QUERIES)):
+        np.testing.assert_array_equal(table.semantic_ids[got.rows[q]], got.semantic_ids[q])
 
 
-def test_a_new_document_gets_the_same_id_through_the_indexer_graphs(exported) -> None:
-    bundle, networks, _ = exported
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    served = ServedModel(bundle, manifest, "indexer", manifest["max_document_length"])
-    trie = SemanticIdTrie.load(bundle / manifest["trie"])
+def test_search_answers_what_the_parity_check_decoded(exported, client) -> None:
+    bundle_dir, networks = exported
+    decoded = _parity_decode(Bundle.open(bundle_dir), networks, "retriever", QUERIES)
+    for q, query in enumerate(QUERIES):
+        response = client.post("/search", json={"query": query, "k": 10})
+        assert response.status_code == 200, response.text
+        assert [hit["semantic_id"] for hit in response.json()["results"]] == decoded[q].tolist(), query
+
+
+def test_recommend_answers_what_the_parity_check_decoded(exported, client) -> None:
+    bundle_dir, networks = exported
+    bundle = Bundle.open(bundle_dir)
+    table = bundle.documents()
+    # Histories of 1 to 5 items (longer than max_items: the oldest are dropped); oldest first, as clients send.
+    histories = [table.doc_ids[i:i + n] for i, n in ((0, 1), (5, 2), (10, 3), (20, 5), (40, 4))]
+    texts = [HISTORY.text([table.texts[table.row_of_doc_id[d]] for d in history]) for history in histories]
+    decoded = _parity_decode(bundle, networks, "recommender", texts)
+    for h, history in enumerate(histories):
+        response = client.post("/recommend", json={"history": history, "k": 10})
+        assert response.status_code == 200, response.text
+        assert [hit["semantic_id"] for hit in response.json()["results"]] == decoded[h].tolist(), history
+
+
+def test_a_new_document_gets_the_id_of_the_torch_indexer_and_the_counter_rule(exported, client) -> None:
+    bundle_dir, networks = exported
+    bundle = Bundle.open(bundle_dir)
+    trie = SemanticIdTrie.load(bundle.trie_path)
     new_texts = ["title: a brand new lip gloss, brand: Nobody, category: Beauty, Makeup, Lips",
                  "title: argan oil hair serum"]
-    states, mask = served.encode(new_texts)
-    codes = np.zeros((len(new_texts), 1, served.num_levels), dtype=np.int64)
-    for level in range(served.num_levels):  # greedy argmax per learned level, W = 1
-        log_probs = served.step.run(["log_probs"], {"encoder_states": states, "attention_mask": mask,
-                                                    "codes": codes, "level": np.array(level, dtype=np.int64)})[0]
-        codes[:, 0, level] = log_probs[:, 0, : served.sizes[level]].argmax(-1)
-    torch_model = TorchModel(networks["indexer"], load_tokenizer(), max_length=manifest["max_document_length"],
-                             device="cpu")
-    np.testing.assert_array_equal(codes[:, 0], greedy_codes(torch_model, new_texts, served.sizes))
-    counter = trie.next_counter(tuple(int(c) for c in codes[0, 0]))
-    taken = {tuple(d["semantic_id"]) for d in
-             (json.loads(line) for line in (bundle / "documents.jsonl").read_text().splitlines())}
-    assert (*codes[0, 0].tolist(), counter) not in taken
-    assert counter == min(c for c in range(manifest["semantic_ids"]["counter_size"])
-                          if (*codes[0, 0].tolist(), c) not in taken)
+    torch_model = TorchModel(networks["indexer"], load_tokenizer(), max_length=LENGTHS["indexer"], device="cpu")
+    codes, ranked = greedy_codes(torch_model, new_texts)
+    expected = []
+    for i in range(len(new_texts)):
+        expected.append(next_free_id(trie, codes[i].tolist(), ranked[i].tolist(), set(expected)))
+    response = client.post("/index-documents", json={"documents": [
+        {"doc_id": f"NEW-{i}", "text": text} for i, text in enumerate(new_texts)]})
+    assert response.status_code == 200, response.text
+    assert [tuple(d["semantic_id"]) for d in response.json()["documents"]] == expected
+
+
+def _serve(bundle: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lmindexer", "serve", "--bundle", str(bundle), "--port", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("edit, names", [
+    (lambda raw: raw["models"]["recommender"].pop("max_input_length"),
+     "missing key 'models.recommender.max_input_length'"),
+    (lambda raw: raw.update(max_history_length=128), "unknown key 'max_history_length'"),
+    (lambda raw: raw["models"]["indexer"].update(encoder_int8="indexer/encoder.onnx"),
+     "unknown key 'models.indexer.encoder_int8'"),
+    (lambda raw: raw.update(format_version=1), "format_version 1 is not supported"),
+])
+def test_serve_refuses_a_manifest_off_the_format_naming_why(exported, tmp_path: Path, edit, names: str) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported[0], bundle)
+    raw = json.loads((bundle / "manifest.json").read_text())
+    edit(raw)
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    result = _serve(bundle, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert names in result.stderr and "Traceback" not in result.stderr

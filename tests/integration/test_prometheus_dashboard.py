@@ -29,7 +29,7 @@ import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
-from service.metrics import Metrics
+from service.telemetry import Metrics
 from tests.integration.conftest import (
     API_KEY,
     REPO,
@@ -144,7 +144,7 @@ class Prometheus:
 def prometheus(replicas: list[Replica], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.skip("no `prometheus` binary on PATH (Debian's package `prometheus`; .ci/run installs it)")
+        pytest.skip("no `prometheus` binary on PATH (Debian's package `prometheus`; .ci/prepare installs it)")
     workdir = tmp_path_factory.mktemp("prometheus")
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(local_prometheus_config(replicas)))
@@ -237,7 +237,7 @@ def scraped(replicas: list[Replica], prometheus: Prometheus, integration_bundle:
 
 
 def exported_sample_names() -> set[str]:
-    """Every sample name the service can export (service/metrics.py), with the type's suffixes."""
+    """Every sample name the service can export (service/telemetry.py), with the type's suffixes."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names = set()
     family: Metric
@@ -273,7 +273,7 @@ def test_dashboard_names_only_metrics_the_service_exports() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     used = {name for _, expr in dashboard_queries(dashboard) for name in re.findall(r"\blmindexer_\w+", expr)}
     unknown = used - exported_sample_names()
-    assert not unknown, f"the dashboard queries metrics that service/metrics.py does not export: {sorted(unknown)}"
+    assert not unknown, f"the dashboard queries metrics that service/telemetry.py does not export: {sorted(unknown)}"
     families = {n.rsplit("_", 1)[0] if n.endswith(("_bucket", "_sum", "_count")) else n for n in used}
     for required in ("lmindexer_requests_total", "lmindexer_request_duration_seconds",
                      "lmindexer_queue_wait_seconds", "lmindexer_inference_duration_seconds", "lmindexer_batch_size",
@@ -346,7 +346,7 @@ def nginx(replicas: list[Replica], tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
     if binary is None:
-        pytest.skip("no `nginx` binary (Debian's package `nginx-light`)")
+        pytest.skip("no `nginx` binary (Debian's package `nginx-light`; .ci/prepare installs it)")
     text = NGINX_CONFIG.read_text()
     for replica in replicas:
         text, count = re.subn(rf"server {re.escape(replica.name)}:8000\b", f"server {replica.address}", text)

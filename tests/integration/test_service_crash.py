@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.bundle import load_documents, load_manifest
+from bundle import Bundle
 from service.index import LiveIndex
 from service.store import DocumentStore
 from tests.service.processes import RedisServer, ServiceProcess
@@ -53,11 +53,11 @@ def _check_after_restart(bundle_dir: Path, store: Path, service: ServiceProcess,
         assert all(present) or not any(present), batch
     # Searchable: every acknowledged ID is in the replayed trie, at its document's row.
     service.stop()
-    manifest = load_manifest(bundle_dir)
-    table = load_documents(manifest)
-    index = LiveIndex(table, SemanticIdTrie.load(manifest.trie),
-                      DocumentStore(store, bundle_fingerprint=manifest.fingerprint, first_row=len(table),
-                                    index_version=0), counter_size=manifest.codebook_sizes[-1])
+    bundle = Bundle.open(bundle_dir)
+    table = bundle.documents()
+    index = LiveIndex(table, SemanticIdTrie.load(bundle.trie_path),
+                      DocumentStore(store, bundle_fingerprint=bundle.fingerprint, first_row=len(table),
+                                    index_version=0))
     for doc_id, semantic_id in acknowledged.items():
         row = index.snapshot.trie.row_of(tuple(semantic_id))
         assert row is not None and index.snapshot.document_at(row).doc_id == doc_id  # type: ignore[union-attr]
@@ -66,7 +66,7 @@ def _check_after_restart(bundle_dir: Path, store: Path, service: ServiceProcess,
 @pytest.mark.parametrize("with_redis", [False, True], ids=["local", "redis-stream"])
 def test_kill_9_during_indexing_loses_no_acknowledged_document(tmp_path: Path, with_redis: bool) -> None:
     if with_redis and not RedisServer.available():
-        pytest.skip("redis-server not installed")
+        pytest.skip("redis-server not installed (Debian's package `redis-server`; .ci/prepare installs it)")
     bundle_dir = service_test_bundle()
     store = tmp_path / "store.sqlite3"
     private = RedisServer(tmp_path / "redis").start() if with_redis else None

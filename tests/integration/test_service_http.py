@@ -10,13 +10,16 @@ Which bundle each test serves, and why:
   restart, which a random model cannot do.
 - ``test_redis_stopped_mid_test_searches_stay_200`` and ``test_schemathesis_finds_no_server_error``: the
   same demo bundle (the issue asks for the real service with a demo bundle). They check availability and
-  the HTTP contract, not rankings; the demo's models answer in tens of milliseconds, so schemathesis's
-  time-boxed run (40 s) sends fewer requests than it would against the tiny random bundle.
+  the HTTP contract (schemathesis: no 5xx, responses as the OpenAPI document says, strict JSON with the
+  request id, for bodies carrying lone surrogates, control characters and NaN; issues 13 and 14), not
+  rankings; the demo's models answer in tens of milliseconds, so schemathesis's time-boxed run (40 s)
+  sends fewer requests than it would against the tiny random bundle.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ import httpx
 import pytest
 import redis
 
-from service.bundle import load_documents, load_manifest
+from bundle import Bundle
 from service.index import LiveIndex
 from service.store import DocumentStore
 from tests.service.processes import RedisServer, ServiceProcess
@@ -67,7 +70,7 @@ def machine_redis() -> Iterator[str]:
     try:
         client.ping()
     except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
+        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/prepare starts one)")
     client.flushdb()
     yield TEST_REDIS_URL
     client.flushdb()
@@ -75,11 +78,11 @@ def machine_redis() -> Iterator[str]:
 
 
 def _reopen_index(bundle_dir: Path, store_path: Path) -> LiveIndex:
-    manifest = load_manifest(bundle_dir)
-    table = load_documents(manifest)
-    store = DocumentStore(store_path, bundle_fingerprint=manifest.fingerprint, first_row=len(table),
-                          index_version=manifest.index_version)
-    return LiveIndex(table, SemanticIdTrie.load(manifest.trie), store, counter_size=manifest.codebook_sizes[-1])
+    bundle = Bundle.open(bundle_dir)
+    table = bundle.documents()
+    store = DocumentStore(store_path, bundle_fingerprint=bundle.fingerprint, first_row=len(table),
+                          index_version=bundle.manifest.index_version)
+    return LiveIndex(table, SemanticIdTrie.load(bundle.trie_path), store)
 
 
 def _ranked(response: httpx.Response) -> list[tuple[str, tuple[int, ...]]]:
@@ -88,7 +91,7 @@ def _ranked(response: httpx.Response) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def test_search_recommend_index_and_restart(demo_bundle: Path, tmp_path: Path, machine_redis: str) -> None:
-    documents = load_documents(load_manifest(demo_bundle))
+    documents = Bundle.open(demo_bundle).documents()
     bundle_doc_ids = documents.doc_ids
     assert NEW_DOCUMENT["doc_id"] not in bundle_doc_ids and NEW_DOCUMENT["text"] not in documents.texts
     assert NEW_DOCUMENT_QUERY not in NEW_DOCUMENT["text"]
@@ -156,7 +159,7 @@ def test_search_recommend_index_and_restart(demo_bundle: Path, tmp_path: Path, m
 
 def test_redis_stopped_mid_test_searches_stay_200(demo_bundle: Path, tmp_path: Path) -> None:
     if not RedisServer.available():
-        pytest.skip("redis-server not installed")
+        pytest.skip("redis-server not installed (Debian's package `redis-server`; .ci/prepare installs it)")
     private = RedisServer(tmp_path / "redis").start()
     service = ServiceProcess(demo_bundle, tmp_path / "store.sqlite3", redis_url=private.url).start(
         timeout_s=START_TIMEOUT_S)
@@ -193,13 +196,23 @@ def test_redis_stopped_mid_test_searches_stay_200(demo_bundle: Path, tmp_path: P
         private.stop()
 
 
+# The checks: no 5xx, and every response as the OpenAPI document says (status code, body schema, content
+# type, headers), plus strict JSON with the request id (schemathesis_hooks.py). The hooks also rewrite
+# the generated bodies to carry lone surrogates, control characters and NaN / Infinity (issue 14).
+SCHEMATHESIS_CHECKS = ("not_a_server_error,status_code_conformance,response_schema_conformance,"
+                       "content_type_conformance,response_headers_conformance,strict_json_with_request_id")
+SCHEMATHESIS_HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+
+
 def test_schemathesis_finds_no_server_error(demo_bundle: Path, tmp_path: Path) -> None:
     with ServiceProcess(demo_bundle, tmp_path / "store.sqlite3",
                         env={"LMINDEXER_MAX_BATCH_DOCUMENTS": "20"}) as service:
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", f"{service.url}/openapi.json",
-             "--checks", "not_a_server_error", "--max-examples", "30", "--seed", "1", "--workers", "1",
+             "--checks", SCHEMATHESIS_CHECKS, "--max-examples", "30", "--seed", "1", "--workers", "1",
              "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--max-time", "40"],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path)
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": str(SCHEMATHESIS_HOOKS)})
         log = service.log_tail(20)
+    # (A hooks file that fails to load, or an unknown check name, is an error exit too.)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:] + log

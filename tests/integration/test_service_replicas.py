@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     if not RedisServer.available():
-        pytest.skip("redis-server not installed")
+        pytest.skip("redis-server not installed (Debian's package `redis-server`; .ci/prepare installs it)")
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()

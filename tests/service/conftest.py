@@ -26,7 +26,7 @@ def _redis_or_skip() -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError:
-        pytest.skip(f"no Redis at {TEST_REDIS_URL}")
+        pytest.skip(f"no Redis at {TEST_REDIS_URL} (.ci/prepare starts one on 127.0.0.1:6379)")
     return client
 
 

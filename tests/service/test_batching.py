@@ -10,7 +10,7 @@ import pytest
 
 from service.batching import MicroBatcher
 from service.errors import ModelError, OverloadedError
-from service.metrics import Metrics
+from service.telemetry import Metrics
 
 
 def _run(coro):  # type: ignore[no-untyped-def]

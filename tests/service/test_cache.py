@@ -8,8 +8,8 @@ import time
 
 from service.cache import CachedRanker, ResultCache
 from service.engine import Ranking
-from service.metrics import Metrics
 from service.redis_link import RedisLink
+from service.telemetry import Metrics
 
 
 class CountingRanker:

@@ -4,6 +4,7 @@ really runs the chosen graph (checked on a document whose codes differ between t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -13,10 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bundle import Bundle, BundleError, BundleManifest, OnnxRunner, TextTokenizer, write_manifest
 from service.app import create_app
-from service.bundle import indexer_files, load_documents, load_manifest
-from service.errors import BundleError
-from service.model import OnnxModel, TextTokenizer
+from service.components import choose_indexer_precision
 from service.settings import ServiceSettings
 from training.downstream.export import write_int8_encoder
 
@@ -26,23 +26,23 @@ def int8_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """The tiny bundle plus indexer/encoder.int8.onnx, written by the export's own helper."""
     out = tmp_path_factory.mktemp("int8") / "bundle"
     shutil.copytree(bundle_dir, out)
-    manifest = load_manifest(out)
-    texts = load_documents(manifest).texts[:100]
-    tokenizer = TextTokenizer(manifest.tokenizer, manifest.max_document_length)
+    bundle = Bundle.open(out)
+    manifest = bundle.manifest
+    texts = bundle.documents().texts[:100]
+    tokenizer = TextTokenizer(bundle.path(manifest.tokenizer), manifest.models["indexer"].max_input_length)
     # Minimum 0: the tiny random model is not what is under test, the service's choice of graph is.
-    fields = write_int8_encoder(out / "indexer", texts, tokenizer.encode, manifest.codebook_sizes, 0.0)
-    raw = json.loads((out / "manifest.json").read_text())
-    raw["models"]["indexer"].update({**fields, "encoder_int8": f"indexer/{fields['encoder_int8']}"})
-    (out / "manifest.json").write_text(json.dumps(raw, indent=2))
+    int8 = write_int8_encoder(out / "indexer", texts, tokenizer, manifest.codebook_sizes, 0.0)
+    indexer = dataclasses.replace(manifest.models["indexer"],
+                                  int8_encoder=dataclasses.replace(int8, file=f"indexer/{int8.file}"))
+    write_manifest(out, dataclasses.replace(manifest, models={**manifest.models, "indexer": indexer}))
     return out
 
 
 @functools.cache
-def _indexer(bundle: Path, precision: str) -> OnnxModel:
-    manifest = load_manifest(bundle)
-    files, _ = indexer_files(manifest, precision)
-    return OnnxModel(files, TextTokenizer(manifest.tokenizer, manifest.max_document_length),
-                     codebook_sizes=manifest.codebook_sizes, providers=["CPUExecutionProvider"], intra_op_threads=1)
+def _indexer(bundle: Path, precision: str) -> OnnxRunner:
+    opened = Bundle.open(bundle)
+    return OnnxRunner.for_model(opened, "indexer", int8=choose_indexer_precision(opened, precision) == "int8",
+                                intra_op_threads=1)
 
 
 def _greedy(bundle: Path, precision: str, texts: list[str]) -> np.ndarray:
@@ -57,7 +57,7 @@ def disputed_text(int8_bundle: Path) -> str:
     Alone: int8 activations are quantised with one scale per batch, so a text's int8 codes may
     depend on its batch companions; the service indexes it alone in the tests below.
     """
-    for text in load_documents(load_manifest(int8_bundle)).texts:
+    for text in Bundle.open(int8_bundle).documents().texts:
         if (_greedy(int8_bundle, "fp32", [text]) != _greedy(int8_bundle, "int8", [text])).any():
             return text
     raise AssertionError("the tiny bundle's int8 encoder agrees with fp32 everywhere: nothing tells them apart")
@@ -77,9 +77,10 @@ def _indexed_prefix(client: TestClient, text: str) -> list[int]:
 
 
 def test_export_helper_records_the_int8_agreement(int8_bundle: Path) -> None:
-    entry = json.loads((int8_bundle / "manifest.json").read_text())["models"]["indexer"]
-    assert entry["encoder_int8"] == "indexer/encoder.int8.onnx" and (int8_bundle / entry["encoder_int8"]).is_file()
-    agreement = entry["int8_agreement"]
+    entry = json.loads((int8_bundle / "manifest.json").read_text())["models"]["indexer"]["int8_encoder"]
+    assert entry["file"] == "indexer/encoder.int8.onnx" and (int8_bundle / entry["file"]).is_file()
+    assert entry["skipped"] is None
+    agreement = entry["agreement"]
     assert agreement["inputs"] == 100 and len(agreement["per_level"]) == 2
     assert 0.0 <= agreement["prefix"] <= min(agreement["per_level"]) <= 1.0
     assert sorted(p.name for p in (int8_bundle / "indexer").iterdir()) == [
@@ -106,7 +107,7 @@ def test_fp32_setting_keeps_the_fp32_encoder_of_an_int8_bundle(int8_bundle: Path
 
 
 def test_auto_is_fp32_on_a_bundle_without_int8_encoder(bundle_dir: Path, tmp_path: Path) -> None:
-    assert load_manifest(bundle_dir).models["indexer"].encoder_int8 is None  # an older bundle: still valid
+    assert Bundle.open(bundle_dir).manifest.models["indexer"].int8_encoder.file is None  # valid without one
     with _client(bundle_dir, tmp_path) as client:
         assert client.get("/info").json()["indexer_precision"] == "fp32"
         assert len(_indexed_prefix(client, "a brand new rose serum")) == 2
@@ -116,19 +117,19 @@ def test_int8_on_a_bundle_without_int8_encoder_stops_the_start(bundle_dir: Path,
     with pytest.raises(BundleError, match="no int8 indexer encoder") as raised, \
             _client(bundle_dir, tmp_path, indexer_precision="int8"):
         pass
-    assert "encoder_int8" in str(raised.value) and "LMINDEXER_INDEXER_PRECISION" in str(raised.value)
+    assert "int8_encoder" in str(raised.value) and "LMINDEXER_INDEXER_PRECISION" in str(raised.value)
 
 
 def test_int8_refusal_says_why_the_export_left_it_out(int8_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     shutil.copytree(int8_bundle, out)
     raw = json.loads((out / "manifest.json").read_text())
-    del raw["models"]["indexer"]["encoder_int8"]
-    raw["models"]["indexer"]["int8_skipped"] = "prefix agreement 0.5000 is below the minimum 0.9"
+    raw["models"]["indexer"]["int8_encoder"].update(file=None,
+                                                    skipped="prefix agreement 0.5000 is below the minimum 0.9")
     (out / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match=r"prefix agreement 0\.5000 is below the minimum"):
-        indexer_files(load_manifest(out), "int8")
-    assert indexer_files(load_manifest(out), "auto")[1] == "fp32"
+        choose_indexer_precision(Bundle.open(out), "int8")
+    assert choose_indexer_precision(Bundle.open(out), "auto") == "fp32"
 
 
 def test_a_manifest_naming_a_missing_int8_encoder_is_refused(int8_bundle: Path, tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_a_manifest_naming_a_missing_int8_encoder_is_refused(int8_bundle: Path, 
     shutil.copytree(int8_bundle, out)
     (out / "indexer" / "encoder.int8.onnx").unlink()
     with pytest.raises(BundleError, match=r"encoder\.int8\.onnx, which does not exist"):
-        load_manifest(out)
+        Bundle.open(out)
 
 
 def test_precision_setting_reads_the_environment_and_rejects_unknown_values(
@@ -149,9 +150,12 @@ def test_precision_setting_reads_the_environment_and_rejects_unknown_values(
 
 
 def test_only_the_indexer_gets_the_int8_encoder(int8_bundle: Path) -> None:
-    manifest = load_manifest(int8_bundle)
-    files, precision = indexer_files(manifest, "auto")
-    assert precision == "int8" and files.encoder == manifest.models["indexer"].encoder_int8
-    assert files.decoder_step == manifest.models["indexer"].decoder_step  # one decoder for both precisions
+    bundle = Bundle.open(int8_bundle)
+    assert choose_indexer_precision(bundle, "auto") == "int8"
+    assert bundle.manifest.models["indexer"].int8_encoder.file == "indexer/encoder.int8.onnx"
     for name in ("retriever", "recommender"):
-        assert manifest.models[name].encoder_int8 is None
+        assert bundle.manifest.models[name].int8_encoder is None
+    with pytest.raises(BundleError, match="only the indexer"):  # the manifest refuses one elsewhere
+        raw = json.loads((int8_bundle / "manifest.json").read_text())
+        raw["models"]["retriever"]["int8_encoder"] = raw["models"]["indexer"]["int8_encoder"]
+        BundleManifest.from_json(json.dumps(raw))

@@ -1,4 +1,4 @@
-"""ONNX models under the beam search: batching must not change any query's answer."""
+"""The bundle's ONNX runner under the service's beam search: batching must not change any query's answer."""
 
 from __future__ import annotations
 
@@ -8,26 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import load_documents, load_manifest
+from bundle import Bundle, OnnxRunner, TextTokenizer, choose_providers
 from service.engine import ModelRanker
 from service.index import LiveIndex
-from service.metrics import Metrics
-from service.model import OnnxModel, TextTokenizer, choose_providers
-from service.settings import ExecutionProvider
 from service.store import DocumentStore
+from service.telemetry import Metrics
 from trie import SemanticIdTrie
 
 
 @pytest.fixture(scope="module")
 def ranker(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelRanker:
-    manifest = load_manifest(bundle_dir)
-    table = load_documents(manifest)
-    store = DocumentStore(tmp_path_factory.mktemp("m") / "s.sqlite3", bundle_fingerprint=manifest.fingerprint,
+    bundle = Bundle.open(bundle_dir)
+    table = bundle.documents()
+    store = DocumentStore(tmp_path_factory.mktemp("m") / "s.sqlite3", bundle_fingerprint=bundle.fingerprint,
                           first_row=len(table), index_version=0)
-    index = LiveIndex(table, SemanticIdTrie.load(manifest.trie), store, counter_size=manifest.codebook_sizes[-1])
-    tokenizer = TextTokenizer(manifest.tokenizer, manifest.max_query_length)
-    model = OnnxModel(manifest.models["retriever"], tokenizer, codebook_sizes=manifest.codebook_sizes,
-                      providers=choose_providers(ExecutionProvider.CPU), intra_op_threads=1)
+    index = LiveIndex(table, SemanticIdTrie.load(bundle.trie_path), store)
+    model = OnnxRunner.for_model(bundle, "retriever", providers=choose_providers("cpu"), intra_op_threads=1)
     return ModelRanker({"retriever": model}, index, Metrics(), beam_size=8, batch_max_size=32,
                        batch_max_wait_s=0.0, queue_max_depth=8)
 
@@ -64,7 +60,7 @@ def test_results_are_valid_documents_in_score_order(ranker: ModelRanker) -> None
 
 
 def test_tokenizer_pads_to_the_longest_and_truncates(bundle_dir: Path) -> None:
-    tokenizer = TextTokenizer(load_manifest(bundle_dir).tokenizer, 8)
+    tokenizer = TextTokenizer(Bundle.open(bundle_dir).path("tokenizer.json"), 8)
     ids, mask = tokenizer.encode(["short", "a much longer text than eight tokens for sure, really"])
     assert ids.shape == mask.shape == (2, 8)
     assert mask[0].sum() == 3 and mask[1].sum() == 8  # [CLS] short [SEP]; truncated to 8
@@ -72,9 +68,8 @@ def test_tokenizer_pads_to_the_longest_and_truncates(bundle_dir: Path) -> None:
 
 
 def test_greedy_codes_in_length_sorted_chunks_match_one_by_one(bundle_dir: Path) -> None:
-    manifest = load_manifest(bundle_dir)
-    model = OnnxModel(manifest.models["indexer"], TextTokenizer(manifest.tokenizer, manifest.max_document_length),
-                      codebook_sizes=manifest.codebook_sizes, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    bundle = Bundle.open(bundle_dir)
+    model = OnnxRunner.for_model(bundle, "indexer", intra_op_threads=1)
     texts = [*QUERIES, "x", "a fairly long document text " * 5]
     codes, ranked = model.greedy_codes(texts, 4, chunk_size=3)
     for i, text in enumerate(texts):

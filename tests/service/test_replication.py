@@ -7,22 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import load_documents, load_manifest
+from bundle import Bundle
 from service.errors import NotReadyError
 from service.index import LiveIndex, NewDocument
-from service.metrics import Metrics
 from service.redis_link import RedisLink
 from service.replication import StreamWriter
 from service.store import DocumentStore
+from service.telemetry import Metrics
 from trie import SemanticIdTrie
 
 
 def _index(bundle_dir: Path, store_path: Path) -> LiveIndex:
-    manifest = load_manifest(bundle_dir)
-    table = load_documents(manifest)
-    store = DocumentStore(store_path, bundle_fingerprint=manifest.fingerprint, first_row=len(table),
+    bundle = Bundle.open(bundle_dir)
+    table = bundle.documents()
+    store = DocumentStore(store_path, bundle_fingerprint=bundle.fingerprint, first_row=len(table),
                           index_version=0)
-    return LiveIndex(table, SemanticIdTrie.load(manifest.trie), store, counter_size=manifest.codebook_sizes[-1])
+    return LiveIndex(table, SemanticIdTrie.load(bundle.trie_path), store)
 
 
 def _writer(index: LiveIndex, redis_url: str, name: str, timeout_s: float = 5.0) -> StreamWriter:

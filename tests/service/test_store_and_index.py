@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import load_documents, load_manifest
+from bundle import Bundle
 from service.errors import BundleError
 from service.index import LiveIndex, NewDocument
 from service.settings import SyncMode
@@ -17,11 +17,11 @@ from trie import SemanticIdTrie
 
 
 def _open(bundle_dir: Path, store_path: Path) -> LiveIndex:
-    manifest = load_manifest(bundle_dir)
-    table = load_documents(manifest)
-    store = DocumentStore(store_path, bundle_fingerprint=manifest.fingerprint, first_row=len(table),
-                          index_version=manifest.index_version)
-    return LiveIndex(table, SemanticIdTrie.load(manifest.trie), store, counter_size=manifest.codebook_sizes[-1])
+    bundle = Bundle.open(bundle_dir)
+    table = bundle.documents()
+    store = DocumentStore(store_path, bundle_fingerprint=bundle.fingerprint, first_row=len(table),
+                          index_version=bundle.manifest.index_version)
+    return LiveIndex(table, SemanticIdTrie.load(bundle.trie_path), store)
 
 
 def test_store_is_wal_with_full_sync_and_reloads_commits(tmp_path: Path) -> None:

@@ -22,6 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
+import bundle.manifest as manifest_module
+from bundle import (
+    FORMAT_VERSION,
+    BundleManifest,
+    HistorySpec,
+    Int8Encoder,
+    SemanticIdSpec,
+    TextModelEntry,
+    write_manifest,
+)
 from trie import SemanticIdTrie
 
 NUM_LEVELS = 2
@@ -120,6 +130,35 @@ def _export_graphs(encoder: TinyEncoder, decoder: TinyDecoderStep, folder: Path)
                       opset_version=17)
 
 
+def untrained_manifest(*, num_levels: int, codebook_size: int, counter_size: int, num_documents: int, hidden_size: int,
+                  note: str, max_query_length: int = 64, max_history_length: int = 64, max_document_length: int = 128,
+                  int8_file: str | None = None, int8_agreement: dict | None = None) -> BundleManifest:
+    """The manifest of a bundle made for tests or benchmarks, not by the export: indexer, retriever and
+    recommender graphs at ``<role>/encoder.onnx`` and ``<role>/decoder_step.onnx``, no parity figures.
+    Each model's input length is its own: the retriever reads ``max_query_length`` tokens, the recommender
+    ``max_history_length``, the indexer ``max_document_length``."""
+    def entry(role: str, length: int, history: HistorySpec | None = None,
+              int8: Int8Encoder | None = None) -> TextModelEntry:
+        return TextModelEntry(kind="text_to_id", encoder=f"{role}/encoder.onnx",
+                              decoder_step=f"{role}/decoder_step.onnx", hidden_size=hidden_size,
+                              max_input_length=length, pooling="cross_attention", beam_size=20, history=history,
+                              int8_encoder=int8, parity=None, evaluation={})
+
+    int8 = (Int8Encoder(file=int8_file, agreement=int8_agreement, skipped=None) if int8_file
+            else Int8Encoder(file=None, agreement=None, skipped="not made for this test bundle"))
+    return BundleManifest(
+        format_version=FORMAT_VERSION, created_at="2026-11-21T12:00:00Z",
+        semantic_ids=SemanticIdSpec(num_levels=num_levels, codebook_size_per_level=(codebook_size,) * num_levels,
+                                    counter_size=counter_size),
+        tokenizer="tokenizer.json", trie="trie.bin", documents="documents.jsonl", num_documents=num_documents,
+        index_version=0,
+        models={"indexer": entry("indexer", max_document_length, int8=int8),
+                "retriever": entry("retriever", max_query_length),
+                "recommender": entry("recommender", max_history_length,
+                                     HistorySpec(max_items=20, separator=". ", order="most_recent_first"))},
+        training_config={"note": note})
+
+
 def make_texts(count: int, seed: int = 0) -> list[str]:
     """Deterministic product-like texts."""
     rng = np.random.default_rng(seed)
@@ -188,35 +227,21 @@ def build_tiny_bundle(out_dir: Path, num_documents: int = 300, *, extra_random_i
     with open(out_dir / "documents.jsonl", "w", encoding="utf-8") as f:
         for d in documents:
             f.write(json.dumps(d) + "\n")
-    manifest = {
-        "format_version": 1,
-        "created_at": "2026-11-21T12:00:00Z",
-        "semantic_ids": {"num_levels": NUM_LEVELS, "codebook_size": CODEBOOK_SIZE, "counter_size": COUNTER_SIZE,
-                         "codebook_sizes": CODEBOOK_SIZES},
-        "tokenizer": "tokenizer.json",
-        "max_query_length": 64,
-        "max_document_length": 128,
-        "models": {name: {"encoder": f"{name}/encoder.onnx", "decoder_step": f"{name}/decoder_step.onnx",
-                          "hidden_size": HIDDEN} for name in models},
-        "recommendation": {"max_history": 20, "history_separator": ". ", "history_order": "most_recent_first"},
-        "trie": "trie.bin",
-        "documents": "documents.jsonl",
-        "num_documents": len(documents),
-        "index_version": 0,
-        "onnx_parity": {},
-        "training_config": {"note": "tiny random test bundle (tests/service/tiny_bundle.py)", "seed": seed},
-        "evaluation": {},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(out_dir, untrained_manifest(
+        num_levels=NUM_LEVELS, codebook_size=CODEBOOK_SIZE, counter_size=COUNTER_SIZE, num_documents=len(documents),
+        hidden_size=HIDDEN, note=f"tiny random test bundle (tests/service/tiny_bundle.py), seed {seed}"))
     return out_dir
 
 
 def cached_tiny_bundle(cache_root: Path | None = None) -> Path:
-    """The tiny bundle, built once per version of this file under .cache/ (exporting takes ~10 s)."""
+    """The tiny bundle, built once per version of this file and of the manifest format under .cache/
+    (exporting takes ~10 s)."""
     import hashlib
     import tempfile
 
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    # This file and the format it writes (bundle/manifest.py): either changing builds a fresh bundle.
+    sources = (Path(__file__), Path(manifest_module.__file__))
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
     root = cache_root or Path(__file__).resolve().parents[2] / ".cache"
     target = root / f"tiny-bundle-{digest}"
     if (target / "manifest.json").is_file():

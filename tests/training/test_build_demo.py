@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from bundle import Bundle
 from lmindexer.cli import main
 from training.config import load_config, preset_path
 from training.downstream.demo import beauty_subset, load_demo_config
@@ -46,13 +46,16 @@ def test_build_demo_writes_a_working_bundle(tmp_path: Path, capsys) -> None:
                    "--set", "retriever_overrides=[\"steps=4\"]", "--set", "recommender_overrides=[\"steps=4\"]"])
     assert status == 0
     assert "bundle" in capsys.readouterr().out
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["models"]) == {"indexer", "retriever", "recommender"}
-    for spec in manifest["models"].values():
-        assert (out / spec["encoder"]).is_file() and (out / spec["decoder_step"]).is_file()
-    lines = (out / "documents.jsonl").read_text().splitlines()
-    assert len(lines) == manifest["num_documents"] > 0
-    assert manifest["training_config"]["ids"]["method"] == "hc"
-    assert all(p["top10_identical"] and p["max_abs_diff"] <= 1e-4 for p in manifest["onnx_parity"].values())
-    assert set(manifest["evaluation"]) == {"retriever", "recommender"}
+    bundle = Bundle.open(out)  # strict: every key, every named file
+    manifest = bundle.manifest
+    assert set(manifest.models) == {"indexer", "retriever", "recommender"}
+    assert len(bundle.documents()) == manifest.num_documents > 0
+    assert manifest.training_config["ids"]["method"] == "hc"
+    for name, entry in manifest.models.items():
+        assert entry.parity is not None and entry.parity.top_k_identical and entry.parity.max_abs_diff <= 1e-4
+        assert bool(entry.evaluation) == (name != "indexer")
+    # The recommender is served with the input settings it was fine-tuned with (the tiny preset's).
+    recommender = load_config(FinetuneConfig, preset_path("finetune", "tiny"), ["steps=4"])
+    assert manifest.models["recommender"].max_input_length == recommender.max_input_length
+    assert manifest.models["recommender"].history.max_items == recommender.max_history
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # work files removed

@@ -1,4 +1,4 @@
-"""Evaluation: grouped step functions, valid IDs only, metrics equal a hand computation, cold start."""
+"""Evaluation: valid IDs only, metrics equal a hand computation, cold start."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from bundle import Encoded, grouped_step_fn
 from training.data.amazon import item_text, load_amazon
-from training.downstream.cold_start import assign_ids, greedy_codes
+from training.downstream.cold_start import greedy_codes, index_cold_documents
 from training.downstream.evaluate import (
     TorchModel,
     beam_search,
     decoded_run,
-    grouped_step_fn,
     restrict_qrels,
     score_run,
 )
@@ -32,6 +32,16 @@ class DistanceModel:
     def __init__(self, targets: Sequence[int], size: int = 8) -> None:
         self.targets = list(targets)
         self.size = size
+        self.codebook_sizes = (size, 1)
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        ids, mask = self.tokenize(texts)
+        return Encoded(self.encode_ids(ids, mask), mask)
+
+    def step_fn(self, encoded: Encoded):  # type: ignore[no-untyped-def]
+        def step(queries: np.ndarray, codes: np.ndarray, level: int) -> np.ndarray:
+            return self.decoder_step(encoded.states[queries], encoded.attention_mask[queries], codes, level)
+        return grouped_step_fn(step, self.codebook_sizes)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         ids = np.array([[int(t)] for t in texts], dtype=np.int64)  # (B, 1): the text is the target code
@@ -77,25 +87,6 @@ def test_metrics_of_a_decoded_run_equal_a_hand_computation() -> None:
     assert score_run(run, cold, ["ndcg@5"])["ndcg@5"] == pytest.approx(0.5)
 
 
-def test_grouped_step_fn_hands_each_query_its_own_beams() -> None:
-    seen = []
-
-    def step(queries: np.ndarray, codes: np.ndarray, level: int) -> np.ndarray:
-        seen.append((queries.tolist(), codes.shape))
-        # log-prob of code c for beam w of query q encodes (q, w's first code, c)
-        out = np.zeros((len(queries), codes.shape[1], 5))
-        out += queries[:, None, None] * 100 + codes[:, :, :1] * 10 + np.arange(5)[None, None, :]
-        return out
-
-    step_fn = grouped_step_fn(step, num_levels=2, codebook_sizes=[5, 5, 3])
-    query_index = np.array([2, 0, 2, 2])
-    prefixes = np.array([[1], [4], [3], [0]])
-    out = step_fn(1, query_index, prefixes)
-    assert seen == [([0, 2], (2, 3, 2))]  # two live queries; query 2 has three beams
-    np.testing.assert_array_equal(out[:, 0], [210, 40, 230, 200])
-    assert out.shape == (4, 5)
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> TorchModel:
     torch.manual_seed(0)
@@ -124,16 +115,20 @@ def test_beam_search_with_the_network_returns_only_ids_of_the_trie(tiny_model: T
 
 def test_cold_documents_take_greedy_codes_and_the_next_free_counter(tiny_model: TorchModel) -> None:
     texts = [item_text(item) for item in list(load_amazon().items.values())[:6]]
-    codes = greedy_codes(tiny_model, texts, codebook_sizes=[8, 8, 4])
-    assert codes.shape == (6, 2)
+    codes, ranked = greedy_codes(tiny_model, texts, batch_size=4)
+    assert codes.shape == (6, 2) and ranked.shape == (6, 8) and (ranked[:, 0] == codes[:, 1]).all()
     # the greedy code of level t is the argmax of the network's step given the codes before it
     ids, mask = tiny_model.tokenize(texts[:1])
     states = tiny_model.encode_ids(ids, mask)
     first = tiny_model.decoder_step(states, mask, np.zeros((1, 1, 2), np.int64), 0)[0, 0, :8].argmax()
     assert first == codes[0, 0]
+    # Two new documents with the warm documents' prefix: counters 0 and 2 are taken, so 1 and 3.
     warm = np.array([[codes[0, 0], codes[0, 1], 0], [codes[0, 0], codes[0, 1], 2]])
-    trie = SemanticIdTrie.build(warm, codebook_sizes=[8, 8, 4])
-    same = np.array([codes[0], codes[0]])  # two new documents with the warm documents' prefix
-    trie, assigned = assign_ids(trie, same, np.array([2, 3]))
-    assert assigned[:, -1].tolist() == [1, 3]  # counters 0 and 2 are taken
+    trie, assigned = index_cold_documents(tiny_model, [texts[0], texts[0]], warm, np.array([0, 1]),
+                                          np.array([2, 3]), [8, 8, 4])
+    assert assigned.tolist() == [[*codes[0], 1], [*codes[0], 3]]
     assert trie.row_of(tuple(assigned[1])) == 3
+    # A third one finds the prefix full and falls back to the next most probable last-level code.
+    trie, third = index_cold_documents(tiny_model, [texts[0]] * 3, warm, np.array([0, 1]), np.array([2, 3, 4]),
+                                       [8, 8, 4])
+    assert third[2].tolist() == [codes[0, 0], ranked[0, 1], 0]

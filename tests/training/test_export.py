@@ -12,6 +12,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 import training.downstream.export as export_module
+from bundle import Bundle, OnnxRunner
 from training.data.amazon import items_as_documents, load_amazon
 from training.downstream.cold_start import greedy_codes
 from training.downstream.export import BundleModel, ParityError, export_bundle
@@ -43,10 +44,10 @@ def _export(out: Path, corpus, **kwargs):
     texts = [d.text for d in documents]
     titles = [str(d.metadata["title"]) for d in documents]
     models = {"indexer": BundleModel(tiny_network(1), texts[:20], 48),
-              "retriever": BundleModel(tiny_network(2), titles[:20], 24)}
+              "retriever": BundleModel(tiny_network(2), titles[:20], 24, beam_size=12)}
     return export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2",
-                         max_query_length=24, max_document_length=48, evaluation={"retriever": {"ndcg@10": 0.5}},
-                         training_config={"note": "test"}, **kwargs)
+                         evaluation={"retriever": {"ndcg@10": 0.5}}, training_config={"note": "test"},
+                         **kwargs).to_dict()
 
 
 def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> None:
@@ -57,16 +58,20 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
                                                     "tokenizer.json", "trie.bin"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
-    assert manifest["format_version"] == 1
-    assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size": 8, "counter_size": 4,
-                                        "codebook_sizes": [8, 8, 4]}
-    indexer = dict(manifest["models"]["indexer"])
-    agreement = indexer.pop("int8_agreement")
-    assert manifest["models"] == {
-        "indexer": {"encoder": "indexer/encoder.onnx", "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32,
-                    "encoder_int8": "indexer/encoder.int8.onnx", "int8_agreement": agreement},
-        "retriever": {"encoder": "retriever/encoder.onnx", "decoder_step": "retriever/decoder_step.onnx",
-                      "hidden_size": 32},
+    assert manifest["format_version"] == 2
+    assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size_per_level": [8, 8], "counter_size": 4}
+    entries = {name: dict(entry) for name, entry in manifest["models"].items()}
+    agreement = entries["indexer"]["int8_encoder"]["agreement"]
+    parity = {name: entry.pop("parity") for name, entry in entries.items()}
+    assert entries == {
+        "indexer": {"kind": "text_to_id", "encoder": "indexer/encoder.onnx",
+                    "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32, "max_input_length": 48,
+                    "pooling": "cross_attention", "beam_size": 20, "history": None, "evaluation": {},
+                    "int8_encoder": {"file": "indexer/encoder.int8.onnx", "agreement": agreement, "skipped": None}},
+        "retriever": {"kind": "text_to_id", "encoder": "retriever/encoder.onnx",
+                      "decoder_step": "retriever/decoder_step.onnx", "hidden_size": 32, "max_input_length": 24,
+                      "pooling": "cross_attention", "beam_size": 12, "history": None, "int8_encoder": None,
+                      "evaluation": {"ndcg@10": 0.5}},
     }
     # The int8 indexer encoder: measured on the indexer's 20 parity inputs, above the default minimum.
     assert agreement["inputs"] == 20 and len(agreement["per_level"]) == 2
@@ -75,15 +80,14 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
     assert sorted(p.name for p in (out / "indexer").iterdir()) == ["decoder_step.onnx", "encoder.int8.onnx",
                                                                    "encoder.onnx"]
     assert sorted(p.name for p in (out / "retriever").iterdir()) == ["decoder_step.onnx", "encoder.onnx"]
-    assert manifest["recommendation"] == {"max_history": 20, "history_separator": ". ",
-                                          "history_order": "most_recent_first"}
-    assert (manifest["max_query_length"], manifest["max_document_length"]) == (24, 48)
     assert manifest["num_documents"] == 40 and manifest["index_version"] == 0
-    assert manifest["evaluation"] == {"retriever": {"ndcg@10": 0.5}}
+    assert manifest["training_config"] == {"note": "test"}
     assert manifest["created_at"].endswith("Z")
-    for name in ("indexer", "retriever"):
-        parity = manifest["onnx_parity"][name]
-        assert parity["max_abs_diff"] <= 1e-4 and parity["top10_identical"] and parity["inputs"] == 20
+    for name, beam_size in (("indexer", 20), ("retriever", 12)):
+        figures = parity[name]
+        assert figures["max_abs_diff"] <= 1e-4 and figures["top_k_identical"] and figures["tokens_identical"]
+        assert (figures["inputs"], figures["beam_size"], figures["top_k"], figures["tolerance"]) == (20, beam_size, 10,
+                                                                                                   1e-4)
     lines = [json.loads(line) for line in (out / "documents.jsonl").read_text().splitlines()]
     trie = SemanticIdTrie.load(out / "trie.bin")
     assert trie.codebook_sizes == (8, 8, 4) and len(trie) == 40
@@ -95,20 +99,19 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
     assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"
 
 
-def _greedy_codes(bundle: Path, encoder_file: str, texts: list[str]) -> np.ndarray:
-    """(N, L) greedy learned codes through the bundle's indexer with the given encoder graph."""
-    model = export_module.OnnxModel(bundle / "indexer", tokenize=export_module.tokenize_with(load_tokenizer(), 48),
-                                    encoder_file=encoder_file)
-    return greedy_codes(model, texts, [8, 8, 4], batch_size=25)
+def _greedy_codes(bundle: Path, int8: bool, texts: list[str]) -> np.ndarray:
+    """(N, L) greedy learned codes through the bundle's indexer with the fp32 or int8 encoder graph."""
+    runner = OnnxRunner.for_model(Bundle.open(bundle), "indexer", int8=int8)
+    return greedy_codes(runner, texts, alternatives=1, batch_size=25)[0]
 
 
 def test_int8_agreement_is_what_the_graphs_give(tmp_path: Path, corpus) -> None:
     documents, _ = corpus
     out = tmp_path / "bundle"
-    agreement = _export(out, corpus)["models"]["indexer"]["int8_agreement"]
+    agreement = _export(out, corpus)["models"]["indexer"]["int8_encoder"]["agreement"]
     texts = [d.text for d in documents][:20]  # the indexer's parity inputs
-    fp32 = _greedy_codes(out, "encoder.onnx", texts)
-    int8 = _greedy_codes(out, "encoder.int8.onnx", texts)
+    fp32 = _greedy_codes(out, False, texts)
+    int8 = _greedy_codes(out, True, texts)
     assert agreement["prefix"] == round(float((fp32 == int8).all(axis=1).mean()), 4)
     assert agreement["per_level"] == [round(float(v), 4) for v in (fp32 == int8).mean(axis=0)]
 
@@ -116,10 +119,10 @@ def test_int8_agreement_is_what_the_graphs_give(tmp_path: Path, corpus) -> None:
 def test_int8_encoder_below_the_minimum_agreement_is_not_written(tmp_path: Path, corpus) -> None:
     out = tmp_path / "bundle"
     manifest = _export(out, corpus, indexer_int8_min_agreement=1.01)
-    indexer = manifest["models"]["indexer"]
-    assert "encoder_int8" not in indexer
-    assert "below the minimum 1.01" in indexer["int8_skipped"]
-    assert indexer["int8_agreement"]["min_prefix_agreement"] == 1.01 and indexer["int8_agreement"]["inputs"] == 20
+    int8 = manifest["models"]["indexer"]["int8_encoder"]
+    assert int8["file"] is None
+    assert "below the minimum 1.01" in int8["skipped"]
+    assert int8["agreement"]["min_prefix_agreement"] == 1.01 and int8["agreement"]["inputs"] == 20
     assert sorted(p.name for p in (out / "indexer").iterdir()) == ["decoder_step.onnx", "encoder.onnx"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging directory left behind
@@ -127,9 +130,9 @@ def test_int8_encoder_below_the_minimum_agreement_is_not_written(tmp_path: Path,
 
 def test_int8_encoder_can_be_turned_off(tmp_path: Path, corpus) -> None:
     out = tmp_path / "bundle"
-    indexer = _export(out, corpus, indexer_int8=False)["models"]["indexer"]
-    assert "encoder_int8" not in indexer and "int8_agreement" not in indexer
-    assert "disabled" in indexer["int8_skipped"]
+    int8 = _export(out, corpus, indexer_int8=False)["models"]["indexer"]["int8_encoder"]
+    assert int8["file"] is None and int8["agreement"] is None
+    assert "disabled" in int8["skipped"]
     assert not (out / "indexer" / "encoder.int8.onnx").exists()
 
 

@@ -1,4 +1,4 @@
-"""SemanticIdTrie: build, lookups, allowed codes, counters and bad input."""
+"""SemanticIdTrie: build, lookups, allowed codes and bad input (the counter rule: test_assign.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 import trie.layer as layer_module
 from tests.trie.strategies import all_prefixes, build, id_sets
 from trie import (
-    CounterExhaustedError,
     DuplicateRowError,
     DuplicateSemanticIdError,
     InvalidSemanticIdError,
@@ -52,7 +51,6 @@ def test_empty_trie_has_no_ids_and_allows_nothing() -> None:
     assert len(trie) == 0
     assert not trie.allowed_mask(np.zeros((2, 0), dtype=np.int64)).any()
     assert trie.rows_of(np.array([[0, 0, 0]])).tolist() == [-1]
-    assert trie.next_counter((0, 0)) == 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -116,27 +114,6 @@ def test_duplicate_rows_are_rejected() -> None:
 def test_too_many_key_bits_is_a_clear_error() -> None:
     with pytest.raises(TrieError, match="bits"):
         SemanticIdTrie.build(np.zeros((1, 4), dtype=np.int64), codebook_sizes=[2**20] * 4)
-
-
-def test_next_counter_is_the_smallest_free_counter() -> None:
-    trie = SemanticIdTrie.build(np.array([[1, 2, 0], [1, 2, 2], [0, 0, 1]]), codebook_sizes=(4, 3, 3))
-    assert trie.next_counter((1, 2)) == 1
-    assert trie.next_counter((0, 0)) == 0
-    assert trie.next_counter((3, 1)) == 0
-
-
-def test_next_counters_give_distinct_counters_to_equal_prefixes_in_a_batch() -> None:
-    trie = SemanticIdTrie.build(np.array([[1, 2, 1]]), codebook_sizes=(4, 3, 4))
-    counters = trie.next_counters(np.array([[1, 2], [0, 0], [1, 2], [1, 2]]))
-    assert counters.tolist() == [0, 0, 2, 3]
-
-
-def test_counter_exhausted_names_the_prefix() -> None:
-    trie = SemanticIdTrie.build(np.array([[1, 2, 0], [1, 2, 1]]), codebook_sizes=(4, 3, 2))
-    with pytest.raises(CounterExhaustedError, match=r"\(1, 2\)"):
-        trie.next_counter((1, 2))
-    with pytest.raises(CounterExhaustedError):
-        trie.next_counters(np.array([[0, 0], [0, 0], [0, 0]]))
 
 
 def test_arrays_are_compact_numpy_arrays_not_python_nodes() -> None:

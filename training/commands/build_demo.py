@@ -28,17 +28,16 @@ def run(args: argparse.Namespace) -> int:
     # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer build-demo --help` and argument
     # errors import this module to build the parser and must answer at once
     from training.downstream.demo import build_demo, load_demo_config
-    from training.downstream.export import int8_summary
+    from training.downstream.export import parity_summary
 
     config = load_demo_config(args.preset, args.overrides)
     started = time.perf_counter()
     manifest = build_demo(args.out, config, overwrite=args.overwrite, keep_work=args.keep_work,
                           progress=not args.no_progress)
-    ids = manifest["semantic_ids"]
-    print(f"bundle {args.out}: {manifest['num_documents']} documents, models {', '.join(manifest['models'])}, "
-          f"L={ids['num_levels']} K={ids['codebook_size']} counter {ids['counter_size']}, "
-          f"IDs from {manifest['training_config']['ids']['method']}; {time.perf_counter() - started:.0f} s")
-    for name, figures in manifest["onnx_parity"].items():
-        print(f"  {name}: ONNX max |diff| {figures['max_abs_diff']:.2e}, top-10 identical {figures['top10_identical']}")
-    print(f"  {int8_summary(manifest)}")
+    ids = manifest.semantic_ids
+    print(f"bundle {args.out}: {manifest.num_documents} documents, models {', '.join(manifest.models)}, "
+          f"L={ids.num_levels} K={list(ids.codebook_size_per_level)} counter {ids.counter_size}, "
+          f"IDs from {manifest.training_config['ids']['method']}; {time.perf_counter() - started:.0f} s")
+    for line in parity_summary(manifest):
+        print(f"  {line}")
     return 0

@@ -16,6 +16,7 @@ import json
 import random
 from pathlib import Path
 
+from bundle import HistorySpec
 from training.errors import UserInputError
 
 HELP = "Export a serving bundle (ONNX graphs, trie, documents)."
@@ -46,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
     # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer export --help` and argument
     # errors import this module to build the parser and must answer at once
     from training.downstream.experiment import final_ids, load_finetuned, load_task
-    from training.downstream.export import BundleModel, export_bundle, int8_summary
+    from training.downstream.export import BundleModel, export_bundle, parity_summary
     from training.downstream.finetune import load_indexer_network
-    from training.downstream.tasks import load_id_source
+    from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
     from training.encoder import load_tokenizer
     from training.indexing.network import SemanticIdNetwork
 
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     source = load_id_source(first["ids"])
     cold = set().union(*(set(r["cold_documents"]) for r in records.values()))
     # Documents: the corpus of the IDs (every task of a bundle indexes the same documents).
-    record, config, network = next(iter(loaded.values()))
-    task = load_task(record["dataset"], record.get("data_dir"), config)
+    record, first_config, network = next(iter(loaded.values()))
+    task = load_task(record["dataset"], record.get("data_dir"), first_config)
     documents, ids, _, _ = final_ids(task, source, cold, network.config)
     rng = random.Random(0)
     texts = [d.text for d in documents]
@@ -79,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
     for model_name, (model_record, model_config, model_network) in loaded.items():
         model_task = load_task(model_record["dataset"], model_record.get("data_dir"), model_config)
         queries = [t for eval_set in model_task.eval_sets.values() for t in eval_set.texts]
-        models[model_name] = BundleModel(model_network, sample(queries), model_config.max_input_length)
+        history = (HistorySpec(max_items=model_config.max_history, separator=HISTORY_SEPARATOR,
+                                   order="most_recent_first")
+                   if model_name == "recommender" else None)
+        models[model_name] = BundleModel(model_network, sample(queries), model_config.max_input_length,
+                                         beam_size=model_config.beam_size, history=history)
         metrics = given[model_name] / "eval" / "metrics.json"
         if metrics.is_file():
             evaluation[model_name] = json.loads(metrics.read_text(encoding="utf-8"))
@@ -90,19 +95,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         indexer = loaded["retriever"][2] if "retriever" in loaded else loaded["recommender"][2]
     document_length = args.max_document_length or source.document_length
-    models["indexer"] = BundleModel(indexer, sample(texts), document_length)
+    models["indexer"] = BundleModel(indexer, sample(texts), document_length, beam_size=first_config.beam_size)
     tokenizer = load_tokenizer(network.config.encoder)
     training_config = {"ids": str(source.directory), "method": source.method,
                        **{n: r["config"] for n, r in records.items()}}
-    max_history = loaded["recommender"][1].max_history if "recommender" in loaded else 20
     manifest = export_bundle(args.out, models, documents, ids, tokenizer, encoder=network.config.encoder,
-                             max_query_length=max(item[1].max_input_length for item in loaded.values()),
-                             max_document_length=document_length, max_history=max_history,
                              evaluation=evaluation, training_config=training_config, overwrite=args.overwrite,
                              indexer_int8=args.indexer_int8, indexer_int8_min_agreement=args.indexer_int8_min_agreement)
-    print(f"bundle {args.out}: {manifest['num_documents']} documents, models {', '.join(manifest['models'])}")
-    for model_name, figures in manifest["onnx_parity"].items():
-        print(f"  {model_name}: ONNX max |diff| {figures['max_abs_diff']:.2e}, "
-              f"top-10 identical {figures['top10_identical']}")
-    print(f"  {int8_summary(manifest)}")
+    print(f"bundle {args.out}: {manifest.num_documents} documents, models {', '.join(manifest.models)}")
+    for line in parity_summary(manifest):
+        print(f"  {line}")
     return 0

@@ -1,7 +1,13 @@
-"""`lmindexer finetune`: fine-tune the semantic-ID network for retrieval or recommendation.
+"""`lmindexer finetune`: fine-tune for retrieval, or train the item-token recommender.
 
-Writes into --out DIR: network/ (the fine-tuned network), finetune.json (task, dataset, ID source,
-settings, cold-start documents, loss history) and, while training, checkpoint/ (a re-run resumes).
+- `--task recommendation --items ITEMS --sequences SEQUENCES --ids IDS_DIR [--preset cpu] --out MODEL_DIR`:
+  the item-token recommender (`training.recommendation`) on any P5-format dataset; presets
+  `training/configs/recommender-<preset>.toml`. Writes recommender.json, model.safetensors,
+  items.npz and train/ (the loop's checkpoint; a re-run resumes).
+- `--dataset beauty|cranfield --ids DIR --out DIR`: the semantic-ID network fine-tuned on input text
+  (retrieval on Cranfield; the history-text recommender on Beauty). Writes network/ (the fine-tuned
+  network), finetune.json (task, dataset, ID source, settings, cold-start documents, loss history)
+  and, while training, checkpoint/ (a re-run resumes).
 """
 
 from __future__ import annotations
@@ -10,28 +16,46 @@ import argparse
 from pathlib import Path
 
 from training.config import load_config, preset_path
+from training.data.amazon import BEAUTY_ITEMS, BEAUTY_SEQUENCES
 from training.downstream.experiment import DATASETS, finetune_task, load_task
 from training.downstream.finetune import FinetuneConfig
 from training.downstream.tasks import load_id_source
+from training.errors import ConfigError
+from training.recommendation.run import fit
+from training.recommendation.settings import RecommenderSettings
 
-HELP = "Fine-tune the indexer for retrieval or recommendation."
+HELP = "Fine-tune the indexer for retrieval or train the recommender."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, required=True,
-                        help="beauty (recommendation, P5 leave-one-out) or cranfield (retrieval, fixed query split).")
+    parser.add_argument("--task", choices=("retrieval", "recommendation"), default=None,
+                        help="recommendation: the item-token recommender on --items/--sequences. "
+                             "Without it, --dataset chooses (beauty or cranfield).")
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="beauty (history-text recommendation, P5 leave-one-out) or cranfield (retrieval).")
     parser.add_argument("--data", type=Path, default=None, help="Dataset folder (default: the vendored copy in data/).")
+    parser.add_argument("--items", type=Path, default=None,
+                        help="--task recommendation: items JSONL(.gz), P5 format (default: vendored Beauty).")
+    parser.add_argument("--sequences", type=Path, default=None,
+                        help="--task recommendation: user sequences 'USER ITEM ...' (default: vendored Beauty).")
     parser.add_argument("--ids", type=Path, required=True, help="A learn-ids output directory (ids.jsonl, run.json).")
     parser.add_argument("--out", type=Path, required=True, help="Output directory (re-running resumes).")
-    parser.add_argument("--preset", default="quick",
-                        help="finetune preset (tiny, quick, cpu, paper) or a TOML path. Default: quick.")
+    parser.add_argument("--preset", default=None,
+                        help="Preset name or TOML path: finetune presets (tiny, quick, cpu, paper; default quick) or, "
+                             "with --task recommendation, recommender presets (tiny, cpu, gpu; default cpu).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one setting (repeatable), e.g. --set steps=100.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(FinetuneConfig, preset_path("finetune", args.preset), args.overrides)
+    if args.task == "recommendation":
+        return _recommendation(args)
+    if args.dataset is None:
+        raise ConfigError("--dataset is required unless --task recommendation")
+    if args.task == "retrieval" and args.dataset != "cranfield":
+        raise ConfigError(f"--task retrieval needs --dataset cranfield, got {args.dataset}")
+    config = load_config(FinetuneConfig, preset_path("finetune", args.preset or "quick"), args.overrides)
     source = load_id_source(args.ids)
     task = load_task(args.dataset, args.data, config)
     record = finetune_task(task, source, config, args.out, progress=not args.no_progress, data_dir=args.data)
@@ -40,4 +64,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"fine-tuned {record['training']['steps']} steps on {record['training']['examples']} pairs "
           f"({record['method']} IDs, {record['initialised_from']}); loss {losses[0]:.3f} -> "
           f"{sum(tail) / len(tail):.3f}; {len(record['cold_documents'])} documents held out -> {args.out}")
+    return 0
+
+
+def _recommendation(args: argparse.Namespace) -> int:
+    settings = load_config(RecommenderSettings, preset_path("recommender", args.preset or "cpu"), args.overrides)
+    record = fit(args.items or BEAUTY_ITEMS, args.sequences or BEAUTY_SEQUENCES, args.ids, settings, args.out,
+                 progress=not args.no_progress)
+    training = record["training"]
+    print(f"trained the recommender ({record['ids_method']} IDs, {record['num_items']} items, "
+          f"{len(record['cold_items'])} cold) for {training['epochs']} epochs in {record['train_seconds']:.0f} s; "
+          f"best validation NDCG@10 {training['best_valid_ndcg@10']:.4f} (epoch {training['best_epoch']}, "
+          f"{training['validation_users']} users) -> {args.out}")
     return 0

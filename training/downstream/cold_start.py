@@ -1,6 +1,8 @@
 """Cold start: give documents that fine-tuning never saw an ID, the way the service's
-POST /index-documents will (docs/bundle.md): the indexer's greedy argmax code per learned level,
-then the smallest free collision counter under that prefix in the trie of the IDs already taken.
+POST /index-documents does (docs/bundle.md): the indexer's greedy argmax code per learned level, then
+the next free collision counter under that prefix, falling back to the next most probable prefix when
+it is full. Both rules are trie's (`trie.greedy_codes`, `trie.next_free_id`); this module only runs
+the torch indexer through them.
 """
 
 from __future__ import annotations
@@ -11,54 +13,39 @@ from typing import Any
 
 import numpy as np
 
+from trie import FALLBACK_PREFIXES, SemanticIdTrie, assign_ids
+from trie import greedy_codes as greedy_codes_of
+
 logger = logging.getLogger(__name__)
 
 
-def greedy_codes(model: Any, texts: Sequence[str], codebook_sizes: Sequence[int], batch_size: int = 64) -> np.ndarray:
-    """(N, L) learned codes: argmax per level, each level conditioned on the codes chosen before it.
-
-    `model` has tokenize / encode_ids / decoder_step (training.downstream.evaluate.TorchModel or the
-    exported ONNX model); W = 1 beam per document.
-    """
-    num_levels = len(codebook_sizes) - 1
-    out = np.zeros((len(texts), num_levels), dtype=np.int64)
-    for start in range(0, len(texts), batch_size):
-        ids, mask = model.tokenize(texts[start:start + batch_size])
-        states = model.encode_ids(ids, mask)  # (B, S, d)
-        codes = np.zeros((len(ids), 1, num_levels), dtype=np.int64)  # (B, W=1, L)
-        for level in range(num_levels):
-            log_probs = model.decoder_step(states, mask, codes, level)  # (B, 1, V)
-            codes[:, 0, level] = log_probs[:, 0, : codebook_sizes[level]].argmax(-1)
-        out[start:start + len(ids)] = codes[:, 0]
-    return out
-
-
-def assign_ids(trie: Any, codes: np.ndarray, rows: np.ndarray) -> tuple[Any, np.ndarray]:
-    """Insert documents with learned `codes` (M, L) at trie `rows` (M,), one at a time, each taking the
-    next free counter under its prefix (`SemanticIdTrie.next_counter`). Returns the new trie and the
-    (M, L + 1) IDs. Raises trie's CounterExhaustedError when a prefix is full."""
-    ids = np.zeros((len(codes), codes.shape[1] + 1), dtype=np.int64)
-    for i, (prefix, row) in enumerate(zip(codes, rows, strict=True)):
-        counter = trie.next_counter(tuple(int(c) for c in prefix))
-        ids[i, :-1] = prefix
-        ids[i, -1] = counter
-        trie = trie.with_inserted(ids[i:i + 1], np.asarray([row], dtype=np.int64))
-    return trie, ids
+def greedy_codes(model: Any, texts: Sequence[str], alternatives: int = FALLBACK_PREFIXES,
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(N, L) learned codes and (N, A) ranked last-level codes of `texts` (`trie.greedy_codes`), `batch_size`
+    texts at a time. `model` has encode(texts) and step_fn(encoded) (TorchModel, or bundle.OnnxRunner)."""
+    parts = [greedy_codes_of(model.step_fn(model.encode(texts[start:start + batch_size])),
+                             len(texts[start:start + batch_size]), model.codebook_sizes, alternatives)
+             for start in range(0, len(texts), batch_size)]
+    if not parts:
+        sizes = model.codebook_sizes
+        return (np.zeros((0, len(sizes) - 1), dtype=np.int64),
+                np.zeros((0, min(alternatives, sizes[-2])), dtype=np.int64))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def index_cold_documents(indexer: Any, texts: Sequence[str], warm_ids: np.ndarray, warm_rows: np.ndarray,
-                         cold_rows: np.ndarray, codebook_sizes: Sequence[int]) -> tuple[Any, np.ndarray]:
+                         cold_rows: np.ndarray, codebook_sizes: Sequence[int]) -> tuple[SemanticIdTrie, np.ndarray]:
     """Build the trie of the warm IDs (at `warm_rows`), then index the cold documents' `texts` into it at
-    `cold_rows`. Returns (trie of all documents, (M, L + 1) cold IDs)."""
-    from trie import SemanticIdTrie
-
+    `cold_rows`, in order. Returns (trie of all documents, (M, L + 1) cold IDs)."""
     order = np.argsort(warm_rows)
     # Row i of the built trie is warm_ids[order][i]; cold documents take the rows after the warm ones.
     trie = SemanticIdTrie.build(warm_ids[order], codebook_sizes=list(codebook_sizes))
     if not np.array_equal(warm_rows[order], np.arange(len(warm_rows))):
         raise ValueError("warm rows must be 0..N_warm-1 (cold documents come after the warm ones)")
-    codes = greedy_codes(indexer, texts, codebook_sizes)
-    trie, ids = assign_ids(trie, codes, cold_rows)
+    codes, ranked = greedy_codes(indexer, texts)
+    ids = assign_ids(trie, codes, ranked)
+    if len(ids):
+        trie = trie.with_inserted(ids, np.asarray(cold_rows, dtype=np.int64))
     logger.info("indexed %d cold documents (%d distinct learned prefixes)", len(ids),
                 len({tuple(c) for c in codes.tolist()}))
     return trie, ids

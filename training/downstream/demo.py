@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bundle import HistorySpec
 from training.config import config_to_dict, load_config, preset_path
 from training.data.amazon import AmazonDataset, UserSequence, load_amazon, write_items_corpus
 from training.downstream.experiment import (
@@ -42,7 +43,7 @@ from training.downstream.experiment import (
 )
 from training.downstream.export import BundleModel, export_bundle
 from training.downstream.finetune import FinetuneConfig, load_indexer_network
-from training.downstream.tasks import load_id_source
+from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
 from training.encoder import load_tokenizer
 from training.errors import ConfigError
 from training.indexing.learning import learn_ids, resolve_method
@@ -187,10 +188,14 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
             "recommender": rng.sample(valid.texts, min(count, len(valid.texts))),
         }
         tokenizer = load_tokenizer(recommender.config.encoder)
+        history = HistorySpec(max_items=recommender_cfg.max_history, separator=HISTORY_SEPARATOR,
+                              order="most_recent_first")
         models = {
-            "indexer": BundleModel(indexer, parity["indexer"], document_length),
-            "retriever": BundleModel(retriever, parity["retriever"], retriever_cfg.max_input_length),
-            "recommender": BundleModel(recommender, parity["recommender"], recommender_cfg.max_input_length),
+            "indexer": BundleModel(indexer, parity["indexer"], document_length, beam_size=retriever_cfg.beam_size),
+            "retriever": BundleModel(retriever, parity["retriever"], retriever_cfg.max_input_length,
+                                     beam_size=retriever_cfg.beam_size),
+            "recommender": BundleModel(recommender, parity["recommender"], recommender_cfg.max_input_length,
+                                       beam_size=recommender_cfg.beam_size, history=history),
         }
         training_config = {
             "demo": config_to_dict(config),
@@ -202,10 +207,8 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         }
         timings_note = {k: round(v, 1) for k, v in timings.items()}
         manifest = export_bundle(
-            out_dir, models, documents, ids, tokenizer, encoder=recommender.config.encoder,
-            max_query_length=max(retriever_cfg.max_input_length, recommender_cfg.max_input_length),
-            max_document_length=document_length, max_history=recommender_cfg.max_history,
-            evaluation=evaluation, training_config={**training_config, "wall_seconds": timings_note},
+            out_dir, models, documents, ids, tokenizer, encoder=recommender.config.encoder, evaluation=evaluation,
+            training_config={**training_config, "wall_seconds": timings_note},
             overwrite=overwrite, indexer_int8=config.indexer_int8,
             indexer_int8_min_agreement=config.indexer_int8_min_agreement,
         )

@@ -1,12 +1,11 @@
 """Decoding with constrained beam search over the trie, and scoring the decoded rankings.
 
 `trie.constrained_beam_search` is model-agnostic: it calls
-``step_fn(level, query_index (N,), prefixes (N, level)) -> (N, codebook_sizes[level]) log-probs``
-for the live beams only. `grouped_step_fn` + `model_step` adapt a decoder step of the bundle's signature
-``(encoder_states (B, S, d), attention_mask (B, S), codes (B, W, L), level) -> (B, W, V)``
-(the torch network's `decoder_step` or the ONNX graph run by onnxruntime) to it: they group the
-live beams by query into a (B, W, L) block, padding ragged beam counts with code 0 (padding rows
-are computed and dropped), so each query's encoder states are computed once per batch.
+``step_fn(level, query_index (N,), prefixes (N, level)) -> (N, codebook_sizes[level])`` log-probs
+for the live beams only. `TorchModel` has the interface of the bundle's runner (`bundle.OnnxRunner`):
+``encode(texts) -> Encoded`` once per query, then ``step_fn(encoded)``, which groups the live beams by
+query into (B, W, L) blocks for the network's decoder step through `bundle.grouped_step_fn`, the same
+grouping the export's parity check and the service decode with.
 
 Rankings become TREC runs (query_id -> doc_id -> summed log-probability of the beam) scored
 with `training.metrics`.
@@ -23,56 +22,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from bundle import Encoded, grouped_step_fn
 from training.data.trec import Run
 from training.indexing.network import SemanticIdNetwork
+from training.metrics import evaluate
+from training.progress import progress_bar
+from trie import StepFn, constrained_beam_search
 
 logger = logging.getLogger(__name__)
 
-# (encoder_states, attention_mask, codes (B, W, L), level) -> log-probs (B, W, V), numpy in and out.
-DecoderStep = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
-# (queries (B,), codes (B, W, L), level) -> log-probs (B, W, V): a step over a subset of a batch's queries.
-QueryStep = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-StepFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
-
-
-def grouped_step_fn(step: QueryStep, num_levels: int, codebook_sizes: Sequence[int]) -> StepFn:
-    """A trie step function from a query-grouped step.
-
-    step(queries (B,), codes (B, W, L), level) -> (B, W, V) log-probs, where `queries` are the indices
-    of the queries (into the search's batch) that still have live beams.
-    """
-    def step_fn(level: int, query_index: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
-        query_index = np.asarray(query_index, dtype=np.int64)  # (N,)
-        prefixes = np.asarray(prefixes, dtype=np.int64).reshape(len(query_index), level)  # (N, level)
-        queries, slot_query = np.unique(query_index, return_inverse=True)  # (B,), (N,) -> 0..B-1
-        slot_query = slot_query.reshape(-1)
-        # Position of each beam within its query's group: a stable sort by query, then a running index.
-        order = np.argsort(slot_query, kind="stable")
-        counts = np.bincount(slot_query, minlength=len(queries))  # (B,)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        slot_beam = np.empty_like(slot_query)
-        slot_beam[order] = np.arange(len(order)) - np.repeat(starts, counts)
-        width = int(counts.max())
-        codes = np.zeros((len(queries), width, num_levels), dtype=np.int64)  # (B, W, L), unread columns 0
-        codes[slot_query, slot_beam, :level] = prefixes
-        log_probs = step(queries, codes, level)  # (B, W, V)
-        return log_probs[slot_query, slot_beam, : codebook_sizes[level]]  # (N, size)
-    return step_fn
-
-
-def model_step(decoder_step: DecoderStep, encoder_states: np.ndarray, attention_mask: np.ndarray) -> QueryStep:
-    """A query-grouped step over precomputed encoder states (Q, S, d) and mask (Q, S) of Q queries."""
-    def step(queries: np.ndarray, codes: np.ndarray, level: int) -> np.ndarray:
-        return decoder_step(encoder_states[queries], attention_mask[queries], codes, level)
-    return step
-
-
 class TorchModel:
-    """The torch network behind the bundle's two functions: encode(texts) and decoder_step (numpy I/O)."""
+    """The torch network behind the bundle's two functions, encode and decoder_step (numpy I/O), with the
+    decoding interface of `bundle.OnnxRunner`: encode(texts) -> Encoded, step_fn(encoded) -> trie StepFn."""
 
     def __init__(self, network: SemanticIdNetwork, tokenizer: Any, max_length: int,
                  device: str | torch.device | None = None) -> None:
         self.network = network.eval()
+        self.codebook_sizes = tuple(network.config.codebook_sizes)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -101,6 +67,18 @@ class TorchModel:
                                         torch.tensor(level, dtype=torch.long, device=self.device))
         return out.float().cpu().numpy()
 
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        """Tokenize and encode a batch of texts: states (B, S, d) float32, mask (B, S) int64."""
+        ids, mask = self.tokenize(texts)
+        return Encoded(self.encode_ids(ids, mask), mask)
+
+    def step_fn(self, encoded: Encoded) -> StepFn:
+        """The trie StepFn decoding `encoded`'s inputs with the network's decoder step (bundle.grouped_step_fn)."""
+        def step(queries: np.ndarray, codes: np.ndarray, level: int) -> np.ndarray:
+            part = encoded.rows(queries)
+            return self.decoder_step(part.states, part.attention_mask, codes, level)
+        return grouped_step_fn(step, self.codebook_sizes)
+
 
 @dataclass
 class Decoded:
@@ -117,24 +95,16 @@ def beam_search(model: Any, texts: Sequence[str], trie: Any, beam_size: int = 20
                 batch_size: int = 32, progress: bool = False) -> Decoded:
     """Constrained beam search for every text, `batch_size` queries at a time.
 
-    `model` has tokenize(texts) -> (ids, mask), encode_ids(ids, mask) -> states and
-    decoder_step(states, mask, codes, level) -> log-probs (TorchModel or the ONNX model of export).
+    `model` has encode(texts) -> Encoded and step_fn(encoded) -> trie StepFn (TorchModel or bundle.OnnxRunner).
     """
-    from tqdm.auto import tqdm
-
-    from trie import constrained_beam_search
-
     sizes = tuple(trie.codebook_sizes)
     num_levels = len(sizes) - 1
     parts: list[Any] = []
     started = time.perf_counter()
-    for start in tqdm(range(0, len(texts), batch_size), desc="beam search", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(texts), batch_size), desc="beam search", unit="batch", disable=not progress):
         chunk = texts[start:start + batch_size]
-        ids, mask = model.tokenize(chunk)
-        states = model.encode_ids(ids, mask)
-        step_fn = grouped_step_fn(model_step(model.decoder_step, states, mask), num_levels, sizes)
-        parts.append(constrained_beam_search(step_fn, trie, num_queries=len(chunk), beam_size=beam_size,
-                                             top_k=top_k))
+        parts.append(constrained_beam_search(model.step_fn(model.encode(chunk)), trie, num_queries=len(chunk),
+                                             beam_size=beam_size, top_k=top_k))
     seconds = time.perf_counter() - started
     if not parts:
         width = num_levels + 1
@@ -168,8 +138,6 @@ def decoded_run(decoded: Decoded, query_ids: Sequence[str], row_doc_ids: Sequenc
 
 def score_run(run: Run, qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str]) -> dict[str, float]:
     """Mean metrics over the queries of `qrels` (training.metrics conventions)."""
-    from training.metrics import evaluate
-
     return evaluate(run, qrels, metrics)
 
 

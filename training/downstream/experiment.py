@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from bundle import OnnxRunner, TextTokenizer
 from training.config import build_config, config_to_dict
 from training.data.amazon import AmazonSettings, items_as_documents, leave_one_out, load_amazon
 from training.data.corpus import Document, write_corpus_jsonl
@@ -51,7 +52,7 @@ from training.downstream.tasks import (
     recommendation_examples,
     retrieval_examples,
 )
-from training.encoder import load_tokenizer
+from training.encoder import load_tokenizer, resolve_encoder_path
 from training.errors import ConfigError
 from training.indexing.id_table import read_ids_jsonl, write_ids_jsonl
 from training.indexing.learning import learn_ids
@@ -392,15 +393,19 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
 def _latency(task: Task, model_dir: Path, split: str, count: int) -> dict[str, Any]:
     """Per-query latency at beam 20 of one fine-tuned model, torch vs onnxruntime, on the CPU."""
     # the export pulls in onnx and onnxscript (about 4 s more, measured): only this benchmark path needs it
-    from training.downstream.export import OnnxModel, export_onnx
+    from training.downstream.export import export_onnx
 
     record, config, network = load_finetuned(model_dir)
     table = read_ids_jsonl(model_dir / "eval" / "ids.jsonl")  # the evaluated documents, cold ones included
     trie = SemanticIdTrie.build(table.semantic_ids, codebook_sizes=list(network.config.codebook_sizes))
     tokenizer = load_tokenizer(network.config.encoder)
     torch_model = TorchModel(network, tokenizer, config.max_input_length, device="cpu")
-    export_onnx(network, model_dir / "onnx")
-    onnx_model = OnnxModel(model_dir / "onnx", tokenize=torch_model.tokenize, threads=torch.get_num_threads())
+    files = export_onnx(network, model_dir / "onnx")
+    onnx_model = OnnxRunner(model_dir / "onnx" / files["encoder"], model_dir / "onnx" / files["decoder_step"],
+                            TextTokenizer(resolve_encoder_path(network.config.encoder) / "tokenizer.json",
+                                          config.max_input_length),
+                            network.config.codebook_sizes, name=record["method"],
+                            intra_op_threads=torch.get_num_threads())
     texts = task.eval_sets[split].texts[:count]
     return {"model": record["method"], "torch_threads": torch.get_num_threads(),
             "torch": per_query_latency(torch_model, texts, trie),

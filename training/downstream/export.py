@@ -3,19 +3,21 @@
 For every model (indexer, retriever, recommender) two graphs are exported from the torch network:
 `encoder.onnx` (input_ids, attention_mask -> encoder_states) and `decoder_step.onnx` (encoder_states,
 attention_mask, codes (B, W, L), level () -> log_probs (B, W, V)). Each model is then checked on
-`parity_inputs` texts (100 by default): the constrained beam search (beam 20, top 10) is run once
-with the torch decoder step and once with onnxruntime; at every step of the onnxruntime search
-the torch log-probabilities of the same prefixes are computed too, and their largest absolute
-difference over the meaningful codes must be <= `tolerance` (1e-4), and the top-10 IDs of the two
-searches must be identical. The measured figures go into `manifest.json` under `onnx_parity`.
+`parity_inputs` texts (100 by default) through `bundle.OnnxRunner`, the runner the service serves with
+(the bundle's tokenizer.json, onnxruntime, the same grouping of beams): the constrained beam search
+(beam 20, top 10) is run once with the torch model and once with the runner; at every step of the
+runner's search the torch log-probabilities of the same prefixes are computed too, and their largest
+absolute difference over the meaningful codes must be <= `tolerance` (1e-4), the top-10 IDs of the two
+searches must be identical, and the bundle's tokenizer must give the token ids training's gave. The
+figures go into the model's manifest entry (`parity`, `bundle.ParityFigures`).
 
 The indexer may also get `indexer/encoder.int8.onnx`, a dynamically quantised (int8 weights) copy
 of its encoder for the service's POST /index-documents (about twice the documents/s on a CPU with
 VNNI). It cannot pass the fp32 rule, so it has its own: on the indexer's parity inputs, the greedy
 codes through the int8 encoder (same decoder_step graph) must equal those through the fp32 encoder
 for at least `indexer_int8_min_agreement` of the inputs (whole learned prefix); per-level and prefix
-agreement go into the manifest (`models.indexer.int8_agreement`), and a graph below the minimum is
-not written (`models.indexer.int8_skipped` says why).
+agreement go into the manifest (`models.indexer.int8_encoder.agreement`), and a graph below the minimum
+is not written (`models.indexer.int8_encoder.skipped` says why).
 
 The bundle is built in a hidden staging directory beside `out_dir` and renamed into place only
 when everything, parity included, succeeded: a failed export leaves nothing at `out_dir`.
@@ -23,32 +25,47 @@ when everything, parity included, succeeded: a failed export leaves nothing at `
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
+from bundle import (
+    FORMAT_VERSION,
+    MODEL_ROLES,
+    BundleManifest,
+    HistorySpec,
+    Int8Encoder,
+    OnnxRunner,
+    ParityFigures,
+    SemanticIdSpec,
+    TextModelEntry,
+    TextTokenizer,
+    grouped_step_fn,
+    write_documents,
+    write_manifest,
+)
 from training.data.corpus import Document
 from training.downstream.cold_start import greedy_codes
-from training.downstream.evaluate import TorchModel, beam_search, grouped_step_fn
+from training.downstream.evaluate import TorchModel, beam_search
 from training.encoder import resolve_encoder_path
 from training.errors import UserInputError
+from training.indexing.learning import staging_directory
 from training.indexing.network import SemanticIdNetwork
+from trie import SemanticIdTrie, constrained_beam_search
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MODEL_NAMES = ("indexer", "retriever", "recommender")
 OPSET = 17
 INT8_ENCODER = "encoder.int8.onnx"
 # Only the MatMul weights are quantised: they are the encoder's compute. Quantising the embedding tables
@@ -56,9 +73,6 @@ INT8_ENCODER = "encoder.int8.onnx"
 # MiniLM indexer, prefix agreement 0.865 with Gather quantised vs 0.912 without; benchmark bundle
 # 0.917 vs 0.927; the same documents/s.
 INT8_OPS = ("MatMul",)
-
-# texts -> (input_ids, attention_mask), both (B, S) int64, S = the batch's longest (truncated) text
-Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
 
 class ParityError(UserInputError):
@@ -69,11 +83,14 @@ class ParityError(UserInputError):
 
 @dataclass(frozen=True)
 class BundleModel:
-    """One model of the bundle: the torch network and the texts its parity is checked on."""
+    """One model of the bundle: the torch network, the texts its parity is checked on, and the input
+    settings it was trained with (they go into its manifest entry, and the service reads inputs so)."""
 
     network: SemanticIdNetwork
     parity_inputs: Sequence[str]
-    max_length: int
+    max_length: int  # tokens of its input text, [CLS] and [SEP] included
+    beam_size: int = 20  # the beam width of its evaluation; the parity check decodes with it
+    history: HistorySpec | None = None  # the recommender's history rule (required for it, None otherwise)
 
 
 class _Encoder(nn.Module):
@@ -101,6 +118,10 @@ def export_onnx(network: SemanticIdNetwork, directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     network = network.cpu().eval()
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+    # Tracing turns shape arithmetic and constant tensors into graph constants and says so (TracerWarning,
+    # a dozen per export, from our modules and transformers'): a wrongly frozen value would show as a
+    # mismatch in `check_parity` (run on every export), the check that matters; the warnings only add noise.
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     num_levels = network.config.num_levels
     input_ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2178, 102, 0, 0, 0]])  # (2, 6)
     attention_mask = (input_ids != 0).long()
@@ -128,86 +149,50 @@ def export_onnx(network: SemanticIdNetwork, directory: Path) -> dict[str, str]:
     return {"encoder": "encoder.onnx", "decoder_step": "decoder_step.onnx"}
 
 
-class OnnxModel:
-    """The two ONNX graphs run by onnxruntime, with the TorchModel interface (numpy in and out)."""
+def check_parity(torch_model: TorchModel, runner: OnnxRunner, texts: Sequence[str], trie: SemanticIdTrie,
+                 tolerance: float, beam_size: int = 20, top_k: int = 10,
+                 batch_size: int = 25) -> tuple[ParityFigures, np.ndarray]:
+    """Compare the runner with torch on `texts` (see the module docstring).
 
-    def __init__(self, directory: Path, tokenize: Any = None, threads: int = 2,
-                 encoder_file: str = "encoder.onnx") -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        self.encoder = onnxruntime.InferenceSession(str(directory / encoder_file), options, providers=providers)
-        self.step = onnxruntime.InferenceSession(str(directory / "decoder_step.onnx"), options, providers=providers)
-        self._tokenize = tokenize
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(B, S) int64 ids and mask, by the tokenizer function given at construction."""
-        if self._tokenize is None:
-            raise ValueError("this OnnxModel was built without a tokenizer")
-        return self._tokenize(texts)
-
-    def encode_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, S) ids and mask -> (B, S, d) float32 encoder states."""
-        return self.encoder.run(None, {"input_ids": input_ids.astype(np.int64),
-                                       "attention_mask": attention_mask.astype(np.int64)})[0]
-
-    def decoder_step(self, encoder_states: np.ndarray, attention_mask: np.ndarray, codes: np.ndarray,
-                     level: int) -> np.ndarray:
-        """(B, W, V) float32 log-probs of `level` for the (B, W, L) prefixes."""
-        return self.step.run(None, {"encoder_states": encoder_states.astype(np.float32),
-                                    "attention_mask": attention_mask.astype(np.int64),
-                                    "codes": codes.astype(np.int64),
-                                    "level": np.asarray(level, dtype=np.int64)})[0]
-
-
-def check_parity(torch_model: TorchModel, onnx_model: OnnxModel, texts: Sequence[str], trie: Any,
-                 beam_size: int = 20, top_k: int = 10, batch_size: int = 25) -> dict[str, Any]:
-    """Compare onnxruntime with torch on `texts` (see the module docstring); returns the figures."""
-    from trie import constrained_beam_search
-
-    sizes = tuple(trie.codebook_sizes)
-    num_levels = len(sizes) - 1
+    Returns the figures and the runner's decode: (len(texts), top_k, L + 1) semantic IDs, -1 padded,
+    the IDs the service answers for these inputs.
+    """
+    sizes = runner.codebook_sizes
     max_diff = 0.0
     encoder_diff = 0.0
+    tokens_identical = True
     onnx_ids = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
-        ids, mask = torch_model.tokenize(chunk)
+        ids, mask = runner.tokenizer.encode(chunk)
+        torch_ids, torch_mask = torch_model.tokenize(chunk)
+        tokens_identical &= bool(np.array_equal(ids, torch_ids) and np.array_equal(mask, torch_mask))
+        encoded = runner.encode_ids(ids, mask)
         torch_states = torch_model.encode_ids(ids, mask)  # (B, S, d)
-        onnx_states = onnx_model.encode_ids(ids, mask)
-        encoder_diff = max(encoder_diff, float(np.abs(torch_states - onnx_states).max()))
+        encoder_diff = max(encoder_diff, float(np.abs(torch_states - encoded.states).max()))
+        served = runner.query_step(encoded)
 
-        def paired_step(queries: np.ndarray, codes: np.ndarray, level: int,
-                        _torch: np.ndarray = torch_states, _onnx: np.ndarray = onnx_states,
-                        _mask: np.ndarray = mask) -> np.ndarray:
+        def paired_step(queries: np.ndarray, codes: np.ndarray, level: int, _torch: np.ndarray = torch_states,
+                        _mask: np.ndarray = mask, _served: Any = served) -> np.ndarray:
             nonlocal max_diff
-            got = onnx_model.decoder_step(_onnx[queries], _mask[queries], codes, level)  # (B, W, V)
-            want = torch_model.decoder_step(_torch[queries], _mask[queries], codes, level)
-            size = sizes[level]
-            max_diff = max(max_diff, float(np.abs(got[..., :size] - want[..., :size]).max()))
+            got = _served(queries, codes, level)  # (B, W, K_level)
+            want = torch_model.decoder_step(_torch[queries], _mask[queries], codes, level)[..., : sizes[level]]
+            max_diff = max(max_diff, float(np.abs(got - want).max()))
             return got
 
-        step_fn = grouped_step_fn(paired_step, num_levels, sizes)
-        result = constrained_beam_search(step_fn, trie, num_queries=len(chunk), beam_size=beam_size, top_k=top_k)
+        result = constrained_beam_search(grouped_step_fn(paired_step, sizes), trie, num_queries=len(chunk),
+                                         beam_size=beam_size, top_k=top_k)
         onnx_ids.append(result.semantic_ids)
-    torch_ids = beam_search(torch_model, list(texts), trie, beam_size=beam_size, top_k=top_k,
-                            batch_size=batch_size).semantic_ids
-    onnx_all = np.concatenate(onnx_ids) if onnx_ids else np.zeros_like(torch_ids)
-    identical = bool(np.array_equal(torch_ids, onnx_all))
-    mismatched = int((torch_ids != onnx_all).any(axis=(1, 2)).sum()) if torch_ids.shape == onnx_all.shape else -1
-    return {"max_abs_diff": max_diff, "encoder_max_abs_diff": encoder_diff, f"top{top_k}_identical": identical,
-            "mismatched_inputs": mismatched, "inputs": len(texts), "beam_size": beam_size}
-
-
-def tokenize_with(tokenizer: Any, max_length: int) -> Tokenize:
-    """A Hugging Face tokenizer as a Tokenize function: truncation to max_length, padding to the longest."""
-    def tokenize(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        return encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
-    return tokenize
+    torch_ids_all = beam_search(torch_model, list(texts), trie, beam_size=beam_size, top_k=top_k,
+                                batch_size=batch_size).semantic_ids
+    onnx_all = np.concatenate(onnx_ids) if onnx_ids else np.zeros_like(torch_ids_all)
+    identical = bool(np.array_equal(torch_ids_all, onnx_all))
+    same_shape = torch_ids_all.shape == onnx_all.shape
+    mismatched = int((torch_ids_all != onnx_all).any(axis=(1, 2)).sum()) if same_shape else -1
+    figures = ParityFigures(inputs=len(texts), beam_size=beam_size, top_k=top_k, tolerance=tolerance,
+                            max_abs_diff=max_diff, encoder_max_abs_diff=encoder_diff,
+                            tokens_identical=tokens_identical, top_k_identical=identical, mismatched_inputs=mismatched)
+    return figures, onnx_all
 
 
 def code_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
@@ -239,27 +224,29 @@ def _without_root_logger_records() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def write_int8_encoder(directory: Path, texts: Sequence[str], tokenize: Tokenize, codebook_sizes: Sequence[int],
-                       min_prefix_agreement: float) -> dict[str, Any]:
+def write_int8_encoder(directory: Path, texts: Sequence[str], tokenizer: TextTokenizer,
+                       codebook_sizes: Sequence[int], min_prefix_agreement: float) -> Int8Encoder:
     """Quantise directory/encoder.onnx into directory/encoder.int8.onnx when its greedy codes agree enough.
 
     Both weight layouts are tried (one scale per output channel, and one per tensor; per channel agreed
     far better with MiniLM: 0.93-0.94 vs 0.75-0.77 prefix agreement, at the same speed); the better
     agreeing one is kept.
-    Returns the manifest fields of the model's entry: `int8_agreement` always, and `encoder_int8`
-    (a path relative to `directory`) when written, else `int8_skipped` (why). `texts` must not be empty.
+    Returns the entry's `int8_encoder`: the agreement always, and the file (relative to `directory`) when
+    written, else why not. `texts` must not be empty. Greedy codes come from `bundle.OnnxRunner`, 25 texts
+    a batch in the given order (int8 activations are quantised per batch).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    def runner(encoder: str) -> OnnxRunner:
+        return OnnxRunner(directory / encoder, directory / "decoder_step.onnx", tokenizer, codebook_sizes,
+                          name="indexer", intra_op_threads=2)
 
-    reference = greedy_codes(OnnxModel(directory, tokenize=tokenize), texts, codebook_sizes, batch_size=25)
+    reference, _ = greedy_codes(runner("encoder.onnx"), texts, alternatives=1, batch_size=25)
     best: dict[str, Any] | None = None
     for per_channel in (True, False):
         candidate = directory / f".encoder.int8.per_channel-{per_channel}.onnx"
         with _without_root_logger_records():
             quantize_dynamic(directory / "encoder.onnx", candidate, weight_type=QuantType.QInt8,
                              per_channel=per_channel, op_types_to_quantize=list(INT8_OPS))
-        codes = greedy_codes(OnnxModel(directory, tokenize=tokenize, encoder_file=candidate.name),
-                             texts, codebook_sizes, batch_size=25)
+        codes, _ = greedy_codes(runner(candidate.name), texts, alternatives=1, batch_size=25)
         figures = {**code_agreement(reference, codes), "per_channel": per_channel, "weight_type": "QInt8",
                    "quantized_ops": list(INT8_OPS), "min_prefix_agreement": min_prefix_agreement}
         logger.info("int8 encoder (per_channel=%s): prefix agreement %.3f, per level %s on %d inputs", per_channel,
@@ -277,29 +264,37 @@ def write_int8_encoder(directory: Path, texts: Sequence[str], tokenize: Tokenize
         reason = (f"prefix agreement {best['prefix']:.4f} with the fp32 encoder is below the minimum "
                   f"{min_prefix_agreement} (indexer_int8_min_agreement)")
         logger.warning("int8 indexer encoder not written: %s", reason)
-        return {"int8_agreement": best, "int8_skipped": reason}
+        return Int8Encoder(file=None, agreement=best, skipped=reason)
     candidate.rename(directory / INT8_ENCODER)
-    return {"encoder_int8": INT8_ENCODER, "int8_agreement": best}
+    return Int8Encoder(file=INT8_ENCODER, agreement=best, skipped=None)
 
 
-def int8_summary(manifest: Mapping[str, Any]) -> str:
+def parity_summary(manifest: BundleManifest) -> list[str]:
+    """Lines for the CLI: each model's ONNX parity figures and its input length, then the int8 encoder's."""
+    lines = [f"{name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, top-{entry.parity.top_k} identical "
+             f"{entry.parity.top_k_identical}; inputs cut at {entry.max_input_length} tokens"
+             for name, entry in manifest.models.items() if entry.parity is not None]
+    return [*lines, int8_summary(manifest)]
+
+
+def int8_summary(manifest: BundleManifest) -> str:
     """One line on the indexer's int8 encoder of a manifest: written or not, and its agreement."""
-    entry = manifest["models"]["indexer"]
-    if "int8_agreement" not in entry:
-        return f"indexer int8 encoder: not written ({entry.get('int8_skipped', 'not measured')})"
-    agreement = entry["int8_agreement"]
-    state = "written" if "encoder_int8" in entry else f"not written: {entry['int8_skipped']}"
+    entry = manifest.models["indexer"]
+    int8 = entry.int8_encoder if isinstance(entry, TextModelEntry) else None
+    if int8 is None or int8.agreement is None:
+        return f"indexer int8 encoder: not written ({int8.skipped if int8 else 'not measured'})"
+    agreement = int8.agreement
+    state = "written" if int8.file is not None else f"not written: {int8.skipped}"
     return (f"indexer int8 encoder: prefix agreement {agreement['prefix']:.3f} (per level {agreement['per_level']}) "
             f"on {agreement['inputs']} inputs, {state}")
 
 
-def document_record(document: Document, semantic_id: Sequence[int]) -> dict[str, Any]:
-    """One documents.jsonl line: doc_id, text, metadata (category included), semantic_id."""
+def document_metadata(document: Document) -> dict[str, Any]:
+    """A document's metadata in documents.jsonl: its metadata, category included."""
     metadata = dict(document.metadata)
     if document.category is not None:
         metadata.setdefault("category", document.category)
-    return {"doc_id": document.doc_id, "text": document.text, "metadata": metadata,
-            "semantic_id": [int(c) for c in semantic_id]}
+    return metadata
 
 
 def export_bundle(
@@ -309,40 +304,37 @@ def export_bundle(
     semantic_ids: np.ndarray,
     tokenizer: Any,
     encoder: str,
-    max_query_length: int,
-    max_document_length: int,
-    max_history: int = 20,
-    history_separator: str = ". ",
-    evaluation: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Mapping[str, Any]] | None = None,
     training_config: Mapping[str, Any] | None = None,
     tolerance: float = 1e-4,
-    beam_size: int = 20,
     overwrite: bool = False,
     indexer_int8: bool = True,
     indexer_int8_min_agreement: float = 0.9,
-) -> dict[str, Any]:
-    """Write the bundle (docs/bundle.md) to `out_dir`; returns the manifest.
+) -> BundleManifest:
+    """Write the bundle (docs/bundle.md) to `out_dir`; returns its manifest.
 
-    models: "indexer" (required) and "retriever" / "recommender" (at least one); their networks must
-    share num_levels and codebook_size, and the retriever / recommender their counter size too (the
-    indexer's counter head is not used by the service).
+    models: "indexer" (required) and "retriever" / "recommender" (at least one; the recommender with its
+    `history`); their networks must share num_levels and codebook_size, and the retriever / recommender
+    their counter size too (the indexer's counter head is not used by the service). Each model's input
+    settings (max_length, beam_size, history) go into its manifest entry.
     documents and semantic_ids (N, L + 1): row i = trie row i = documents.jsonl line i.
-    tokenizer: the Hugging Face tokenizer used for parity; `encoder` names the folder whose
-    tokenizer.json is copied.
+    tokenizer: the Hugging Face tokenizer used for training; `encoder` names the folder whose
+    tokenizer.json is copied into the bundle (the parity check requires both to give the same tokens).
+    evaluation: each model's evaluation figures by role.
     indexer_int8: also write the indexer's int8 encoder when its greedy codes agree with the fp32
     encoder's on at least `indexer_int8_min_agreement` of the indexer's parity inputs (module docstring).
     Raises ParityError (nothing written) when a model fails parity.
     """
-    from training.indexing.learning import staging_directory
-    from trie import SemanticIdTrie
-
     if "indexer" not in models:
         raise UserInputError("a bundle needs the indexer model")
     if not {"retriever", "recommender"} & models.keys():
         raise UserInputError("a bundle needs a retriever or a recommender model")
-    unknown = set(models) - set(MODEL_NAMES)
+    unknown = set(models) - set(MODEL_ROLES)
     if unknown:
-        raise UserInputError(f"unknown model names {sorted(unknown)}; expected {MODEL_NAMES}")
+        raise UserInputError(f"unknown model names {sorted(unknown)}; expected {MODEL_ROLES}")
+    for name, model in models.items():
+        if (model.history is not None) != (name == "recommender"):
+            raise UserInputError(f"model {name}: a history rule is for the recommender, and it needs one")
     semantic_ids = np.asarray(semantic_ids, dtype=np.int64)
     if semantic_ids.shape[0] != len(documents):
         raise UserInputError(f"{semantic_ids.shape[0]} IDs for {len(documents)} documents")
@@ -362,69 +354,63 @@ def export_bundle(
     if not indexer_int8_min_agreement >= 0:
         raise UserInputError(f"indexer_int8_min_agreement must be >= 0, got {indexer_int8_min_agreement}")
     trie = SemanticIdTrie.build(semantic_ids, codebook_sizes=codebook_sizes)  # raises on invalid / duplicate IDs
+    evaluation = evaluation or {}
 
     with staging_directory(Path(out_dir), overwrite=overwrite) as stage:
         stage.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
-        model_entries: dict[str, Any] = {}
-        parity: dict[str, Any] = {}
-        for name in MODEL_NAMES:
+        shutil.copyfile(resolve_encoder_path(encoder) / "tokenizer.json", stage / "tokenizer.json")
+        entries: dict[str, TextModelEntry] = {}
+        for name in MODEL_ROLES:
             if name not in models:
                 continue
             model = models[name]
             logger.info("exporting %s to ONNX", name)
             files = export_onnx(model.network, stage / name)
             torch_model = TorchModel(model.network, tokenizer, model.max_length, device="cpu")
-            onnx_model = OnnxModel(stage / name, tokenize=tokenize_with(tokenizer, model.max_length))
-            figures = check_parity(torch_model, onnx_model, list(model.parity_inputs), trie, beam_size=beam_size)
-            figures["tolerance"] = tolerance
-            parity[name] = figures
-            logger.info("%s parity: max |diff| %.2e, top-10 identical %s on %d inputs", name,
-                        figures["max_abs_diff"], figures["top10_identical"], figures["inputs"])
-            if not figures["max_abs_diff"] <= tolerance or not figures["top10_identical"]:
-                raise ParityError(f"model {name} fails ONNX parity: max |diff| {figures['max_abs_diff']:.3e} "
-                                  f"(tolerance {tolerance:.0e}), top-10 identical: {figures['top10_identical']} "
-                                  f"({figures['mismatched_inputs']} of {figures['inputs']} inputs differ); "
-                                  "no bundle written")
-            model_entries[name] = {key: f"{name}/{file}" for key, file in files.items()}
-            model_entries[name]["hidden_size"] = int(model.network.hidden_size)
+            runner = OnnxRunner(stage / name / files["encoder"], stage / name / files["decoder_step"],
+                                TextTokenizer(stage / "tokenizer.json", model.max_length), codebook_sizes,
+                                name=name, intra_op_threads=2)
+            figures, _ = check_parity(torch_model, runner, list(model.parity_inputs), trie, tolerance,
+                                      beam_size=model.beam_size)
+            logger.info("%s parity: max |diff| %.2e, top-10 identical %s, tokens identical %s on %d inputs", name,
+                        figures.max_abs_diff, figures.top_k_identical, figures.tokens_identical, figures.inputs)
+            if not (figures.max_abs_diff <= tolerance and figures.top_k_identical and figures.tokens_identical):
+                raise ParityError(f"model {name} fails ONNX parity: max |diff| {figures.max_abs_diff:.3e} "
+                                  f"(tolerance {tolerance:.0e}), top-10 identical: {figures.top_k_identical} "
+                                  f"({figures.mismatched_inputs} of {figures.inputs} inputs differ), bundle "
+                                  f"tokenizer gives training's tokens: {figures.tokens_identical}; no bundle written")
+            entries[name] = TextModelEntry(
+                kind="text_to_id", encoder=f"{name}/{files['encoder']}", decoder_step=f"{name}/{files['decoder_step']}",
+                hidden_size=int(model.network.hidden_size), max_input_length=int(model.max_length),
+                pooling="cross_attention", beam_size=model.beam_size, history=model.history, int8_encoder=None,
+                parity=figures, evaluation=dict(evaluation.get(name, {})))
         # The fp32 graphs all passed parity; the int8 indexer encoder is an extra, with its own rule.
         indexer = models["indexer"]
         if not indexer_int8:
-            model_entries["indexer"]["int8_skipped"] = "disabled by the export setting indexer_int8"
+            int8 = Int8Encoder(file=None, agreement=None, skipped="disabled by the export setting indexer_int8")
         elif not indexer.parity_inputs:
-            model_entries["indexer"]["int8_skipped"] = "no parity inputs to measure its agreement on"
+            int8 = Int8Encoder(file=None, agreement=None, skipped="no parity inputs to measure its agreement on")
         else:
-            fields = write_int8_encoder(stage / "indexer", list(indexer.parity_inputs),
-                                        tokenize_with(tokenizer, indexer.max_length), codebook_sizes,
-                                        indexer_int8_min_agreement)
-            if "encoder_int8" in fields:
-                fields["encoder_int8"] = f"indexer/{fields['encoder_int8']}"
-            model_entries["indexer"].update(fields)
-        shutil.copyfile(resolve_encoder_path(encoder) / "tokenizer.json", stage / "tokenizer.json")
+            int8 = write_int8_encoder(stage / "indexer", list(indexer.parity_inputs),
+                                      TextTokenizer(stage / "tokenizer.json", indexer.max_length), codebook_sizes,
+                                      indexer_int8_min_agreement)
+            if int8.file is not None:
+                int8 = replace(int8, file=f"indexer/{int8.file}")
+        entries["indexer"] = replace(entries["indexer"], int8_encoder=int8)
         trie.save(stage / "trie.bin")
-        with open(stage / "documents.jsonl", "w", encoding="utf-8") as handle:
-            for document, semantic_id in zip(documents, semantic_ids, strict=True):
-                handle.write(json.dumps(document_record(document, semantic_id), ensure_ascii=False) + "\n")
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "semantic_ids": {"num_levels": reference.num_levels, "codebook_size": reference.codebook_size,
-                             "counter_size": reference.counter_size, "codebook_sizes": codebook_sizes},
-            "tokenizer": "tokenizer.json",
-            "max_query_length": int(max_query_length),
-            "max_document_length": int(max_document_length),
-            "models": model_entries,
-            "recommendation": {"max_history": int(max_history), "history_separator": history_separator,
-                               "history_order": "most_recent_first"},
-            "trie": "trie.bin",
-            "documents": "documents.jsonl",
-            "num_documents": len(documents),
-            "index_version": 0,
-            "onnx_parity": parity,
-            "training_config": dict(training_config or {}),
-            "evaluation": dict(evaluation or {}),
-        }
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
-    logger.info("wrote bundle %s (%d documents, models %s)", out_dir, len(documents), ", ".join(model_entries))
+        write_documents(stage / "documents.jsonl",
+                        ((d.doc_id, d.text, document_metadata(d), semantic_id)
+                         for d, semantic_id in zip(documents, semantic_ids, strict=True)))
+        manifest = BundleManifest(
+            format_version=FORMAT_VERSION,
+            created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            semantic_ids=SemanticIdSpec(num_levels=reference.num_levels,
+                                        codebook_size_per_level=(reference.codebook_size,) * reference.num_levels,
+                                        counter_size=reference.counter_size),
+            tokenizer="tokenizer.json", trie="trie.bin", documents="documents.jsonl", num_documents=len(documents),
+            index_version=0, models=entries, training_config=dict(training_config or {}))
+        # Read back as the service will: the written manifest must parse strictly.
+        BundleManifest.from_json(manifest.to_json())
+        write_manifest(stage, manifest)
+    logger.info("wrote bundle %s (%d documents, models %s)", out_dir, len(documents), ", ".join(entries))
     return manifest

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from training.encoder import load_tokenizer, resolve_encoder_path
 from training.errors import ConfigError
@@ -29,6 +28,7 @@ from training.indexing.embedding_cache import cache_dir
 from training.indexing.lmindexer.config import LMIndexerConfig
 from training.indexing.losses import IGNORE_INDEX
 from training.indexing.network import SemanticIdNetwork
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ class EncoderStates:
         order = np.argsort([-len(r) for r in corpus.input_ids], kind="stable")
         cache: list[torch.Tensor | None] = [None] * len(corpus)
         started = time.perf_counter()
-        for start in tqdm(range(0, len(order), batch_size), desc="encoder states", unit="batch",
-                          disable=not show_progress, mininterval=2.0):
+        for start in progress_bar(range(0, len(order), batch_size), desc="encoder states", unit="batch",
+                                  disable=not show_progress, mininterval=2.0):
             rows = order[start : start + batch_size]
             ids = pad_rows([corpus.input_ids[i] for i in rows], corpus.pad_id).to(device)
             mask = (pad_rows([torch.ones_like(corpus.input_ids[i]) for i in rows], 0)).to(device)

@@ -107,12 +107,17 @@ class Metrics:
             "lmindexer_invalid_ids_total",
             "Semantic IDs produced that are not in the index (must stay 0), by model.",
             ["model"], registry=r)
+        self.nonfinite_scores = Counter(
+            "lmindexer_nonfinite_scores_total",
+            "Hits dropped because the model scored them -inf or NaN (never sent: JSON has no such number), "
+            "by model.", ["model"], registry=r)
         self.replication_lag_seconds = Gauge(
             "lmindexer_replication_lag_seconds",
             "Age of the last index update applied from the Redis stream when it was applied.", registry=r)
         # Pre-create label sets so dashboards show 0, not "no data", before the first event.
         for model in MODEL_NAMES:
             self.invalid_ids.labels(model=model)
+            self.nonfinite_scores.labels(model=model)
             self.queue_depth.labels(model=model).set(0)
         for kind in CACHE_KINDS:
             for result in CACHE_RESULTS:

@@ -1,0 +1,132 @@
+"""The typed manifest: what to_json writes from_json reads back; anything but the exact format is refused
+with a message naming the key (a missing key, an unknown key, a wrong type, another format version)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from bundle import (
+    FORMAT_VERSION,
+    MODEL_KINDS,
+    Bundle,
+    BundleError,
+    BundleManifest,
+    HistorySpec,
+    TextModelEntry,
+    history_text,
+)
+from tests.service.tiny_bundle import untrained_manifest
+
+
+@pytest.fixture
+def manifest() -> BundleManifest:
+    return untrained_manifest(num_levels=2, codebook_size=16, counter_size=64, num_documents=10, hidden_size=32,
+                              note="test", max_query_length=24, max_history_length=96, max_document_length=48)
+
+
+def _raw(manifest: BundleManifest) -> dict:
+    return json.loads(manifest.to_json())
+
+
+def test_to_json_and_from_json_round_trip(manifest: BundleManifest) -> None:
+    again = BundleManifest.from_json(manifest.to_json())
+    assert again == manifest
+    assert again.codebook_sizes == (16, 16, 64)
+    assert {role: entry.max_input_length for role, entry in again.models.items()} == {
+        "indexer": 48, "retriever": 24, "recommender": 96}
+    assert again.models["recommender"].history == HistorySpec(max_items=20, separator=". ", order="most_recent_first")
+    assert isinstance(again.models["retriever"], TextModelEntry) and MODEL_KINDS["text_to_id"] is TextModelEntry
+
+
+@pytest.mark.parametrize("path", [
+    ("format_version",), ("semantic_ids",), ("semantic_ids", "counter_size"), ("models", "recommender", "history"),
+    ("models", "recommender", "max_input_length"), ("models", "indexer", "int8_encoder"), ("training_config",),
+    ("models", "retriever", "kind"), ("models", "recommender", "history", "separator"),
+])
+def test_a_missing_key_is_refused_by_name(manifest: BundleManifest, path: tuple[str, ...]) -> None:
+    raw = _raw(manifest)
+    parent = raw
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    with pytest.raises(BundleError, match=rf"manifest\.json: missing key '{'.'.join(path)}'"):
+        BundleManifest.from_json(json.dumps(raw))
+
+
+@pytest.mark.parametrize("path", [
+    ("max_history_length",), ("models", "recommender", "max_history_length"), ("semantic_ids", "codebook_size"),
+    ("models", "recommender", "history", "order_by"),
+])
+def test_an_unknown_key_is_refused_by_name(manifest: BundleManifest, path: tuple[str, ...]) -> None:
+    raw = _raw(manifest)
+    parent = raw
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = 1
+    with pytest.raises(BundleError, match=rf"unknown key '{'.'.join(path)}'"):
+        BundleManifest.from_json(json.dumps(raw))
+
+
+@pytest.mark.parametrize("version", [1, 3, "2", None])
+def test_another_format_version_is_refused_naming_both(manifest: BundleManifest, version: object) -> None:
+    raw = _raw(manifest)
+    raw["format_version"] = version
+    with pytest.raises(BundleError, match=rf"format_version {version!r} is not supported .*reads {FORMAT_VERSION}"):
+        BundleManifest.from_json(json.dumps(raw))
+
+
+def test_a_version_1_manifest_is_refused_for_its_version_not_its_keys() -> None:
+    old = {"format_version": 1, "max_query_length": 64, "recommendation": {"max_history": 20}}
+    with pytest.raises(BundleError, match="format_version 1 is not supported"):
+        BundleManifest.from_json(json.dumps(old))
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("num_documents",), "10", "num_documents: expected an integer"),
+    (("models", "retriever", "max_input_length"), True, "max_input_length: expected an integer"),
+    (("models", "retriever", "pooling"), "mean", "pooling: 'mean' is not one of"),
+    (("models", "retriever", "kind"), "item_sequence", "unknown model kind 'item_sequence'"),
+    (("semantic_ids", "codebook_size_per_level"), [16], "must hold num_levels = 2 sizes"),
+    (("models", "retriever", "history"), {"max_items": 5, "separator": " ", "order": "most_recent_first"},
+     "models.retriever.history: set for the recommender only"),
+])
+def test_wrong_values_are_refused_by_name(manifest: BundleManifest, path: tuple[str, ...], value: object,
+                                          message: str) -> None:
+    raw = _raw(manifest)
+    parent = raw
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    with pytest.raises(BundleError, match=message):
+        BundleManifest.from_json(json.dumps(raw))
+
+
+def test_roles_are_checked(manifest: BundleManifest) -> None:
+    raw = _raw(manifest)
+    without_indexer = copy.deepcopy(raw)
+    del without_indexer["models"]["indexer"]
+    with pytest.raises(BundleError, match="the indexer model is required"):
+        BundleManifest.from_json(json.dumps(without_indexer))
+    raw["models"]["ranker"] = raw["models"]["retriever"]
+    with pytest.raises(BundleError, match="unknown model 'ranker'"):
+        BundleManifest.from_json(json.dumps(raw))
+
+
+def test_opening_a_bundle_checks_every_named_file(bundle_dir: Path, tmp_path: Path) -> None:
+    bundle = Bundle.open(bundle_dir)
+    assert len(bundle.documents()) == bundle.manifest.num_documents and len(bundle.fingerprint) == 16
+    (tmp_path / "manifest.json").write_text(bundle.manifest.to_json())
+    with pytest.raises(BundleError, match=r"names .*tokenizer\.json, which does not exist"):
+        Bundle.open(tmp_path)
+    with pytest.raises(BundleError, match="not a bundle"):
+        Bundle.open(tmp_path / "nothing")
+
+
+def test_history_text_keeps_the_newest_items_most_recent_first() -> None:
+    assert history_text(["old", "mid", "new"], 2, ". ") == "new. mid"
+    assert history_text(["old", "mid", "new"], 0, " | ") == "new | mid | old"
+    assert HistorySpec(max_items=1, separator=". ", order="most_recent_first").text(["a", "b"]) == "b"
