@@ -40,6 +40,7 @@ from training.baselines.recommendation import DEFAULT_KS, RecData, rank_metrics
 from training.config import config_to_dict
 from training.errors import ConfigError
 from training.loop import LoopSettings, distributed_context, shard, train
+from training.transformer import CausalBlock
 
 logger = logging.getLogger(__name__)
 
@@ -88,33 +89,6 @@ class SASRecSettings:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-class _Block(nn.Module):
-    """Pre-LayerNorm causal self-attention + feed-forward block."""
-
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, d); mask: (B, 1, L, L) bool, True where query i may attend key j."""
-        b, length, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, length, 3, self.heads, d // self.heads).unbind(2)
-        # (B, heads, L, d/heads) each
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        x = x + self.drop(self.out(attn.transpose(1, 2).reshape(b, length, d)))
-        return x + self.drop(self.ff(self.ln2(x)))
-
-
 class SASRec(nn.Module):
     """Causal transformer over item-id sequences; item 0 is padding."""
 
@@ -127,7 +101,7 @@ class SASRec(nn.Module):
         self.pos_emb = nn.Embedding(settings.max_len, d)
         self.drop = nn.Dropout(settings.dropout)
         self.blocks = nn.ModuleList(
-            _Block(d, settings.num_heads, settings.ffn_multiplier * d, settings.dropout)
+            CausalBlock(d, settings.num_heads, settings.ffn_multiplier * d, settings.dropout)
             for _ in range(settings.num_blocks)
         )
         self.ln = nn.LayerNorm(d)
