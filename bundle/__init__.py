@@ -33,7 +33,7 @@ from bundle.recommendation import (
     read_item_vectors,
     recommend,
 )
-from bundle.runner import Encoded, OnnxRunner, TextTokenizer, choose_providers
+from bundle.runner import Encoded, OnnxRunner, TextTokenizer, TextVectorRunner, choose_providers
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,6 +60,7 @@ __all__ = [
     "SemanticIdSpec",
     "TextModelEntry",
     "TextTokenizer",
+    "TextVectorRunner",
     "TextVectorSpec",
     "choose_providers",
     "document_line",

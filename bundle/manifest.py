@@ -127,9 +127,12 @@ class TextVectorSpec:
 
     Training encoded every item's text once with ``encoder`` (``max_input_length`` tokens, ``pooling``
     over the token states, L2-normalised when ``normalized``). The service makes the vector of a
-    document added later, or of a ``history_texts`` item, with the bundle model ``source`` (its
-    encoder.onnx), pooled the same way; ``max_abs_diff`` is the export's check of that path against
-    training's vectors on ``checked_items`` items.
+    document added later, or of a ``history_texts`` item, the same way: with ``source`` "indexer", the
+    indexer's encoder.onnx, pooled (LMIndexer IDs: the indexer network's encoder made the vectors);
+    with "text_encoder", the graph ``text_encoder_file`` (text -> pooled vector, its own tokenizer
+    ``tokenizer_file``), exported when the indexer's encoder is not the one (rq-VAE and HC IDs: a
+    pretrained encoder made them). ``max_abs_diff``: the export's check of that path against training's
+    vectors on ``checked_items`` items.
     """
 
     dim: int
@@ -137,13 +140,21 @@ class TextVectorSpec:
     max_input_length: int
     pooling: Literal["mean"]
     normalized: bool
-    source: Literal["indexer"]
+    source: Literal["indexer", "text_encoder"]
+    text_encoder_file: str | None  # input_ids, attention_mask (B, S) int64 -> vectors (B, D); source text_encoder
+    tokenizer_file: str | None  # its tokenizer.json
     checked_items: int
     max_abs_diff: float
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.max_input_length < 2:
             raise BundleError("dim must be >= 1 and max_input_length >= 2")
+        if (self.source == "text_encoder") != (self.text_encoder_file is not None and self.tokenizer_file is not None):
+            raise BundleError("text_encoder_file and tokenizer_file are set exactly when source is text_encoder")
+
+    def files(self) -> tuple[str, ...]:
+        """The text encoder's files (none with source indexer)."""
+        return tuple(f for f in (self.text_encoder_file, self.tokenizer_file) if f is not None)
 
 
 @dataclass(frozen=True)
@@ -208,7 +219,7 @@ class ItemTokenRecommenderEntry:
 
     def files(self) -> tuple[str, ...]:
         """Every file of the entry, relative to the bundle."""
-        return (self.sequence_model, self.decoder_step, self.dense_head, self.item_vectors)
+        return (self.sequence_model, self.decoder_step, self.dense_head, self.item_vectors, *self.text_vectors.files())
 
 
 ModelEntry = Union[TextModelEntry, ItemTokenRecommenderEntry]  # noqa: UP007 (a runtime alias _value matches on)

@@ -303,3 +303,4 @@ def mean_pooled(states: np.ndarray, attention_mask: np.ndarray, normalize: bool 
     if normalize:
         pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     return pooled.astype(np.float32)
+

@@ -20,6 +20,7 @@ from bundle import (
     RecommenderRunner,
     TextModelEntry,
     TextTokenizer,
+    TextVectorRunner,
     choose_providers,
     read_item_vectors,
 )
@@ -133,6 +134,8 @@ class Components:
                              batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
                              queue_max_depth=settings.queue_max_depth)
         recommendations: RecommendationRanker | None = None
+        text_vectors = await asyncio.to_thread(TextVectorRunner.for_bundle, bundle, providers=providers,
+                                               intra_op_threads=settings.intra_op_threads)
         if isinstance(recommender_entry, ItemTokenRecommenderEntry):
             runner = await asyncio.to_thread(
                 RecommenderRunner.for_bundle, bundle, providers=providers,
@@ -183,7 +186,7 @@ class Components:
                                             max_history_items=settings.max_history_items,
                                             max_batch_documents=settings.max_batch_documents,
                                             max_text_chars=settings.max_text_chars),
-                        recommender=recommendations, models=list(searchers))
+                        recommender=recommendations, models=list(searchers), text_vectors=text_vectors)
         ranker.start()
         if recommendations is not None:
             recommendations.start()

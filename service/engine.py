@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from bundle import RECOMMEND_MODES, History, OnnxRunner
+from bundle import RECOMMEND_MODES, History, OnnxRunner, TextVectorRunner
 from service.batching import MicroBatcher
 from service.errors import (
     BadRequestError,
@@ -241,7 +241,8 @@ class Engine:
 
     def __init__(self, *, index: LiveIndex, ranker: Ranker, documents: DocumentSource, writer: IndexWriter,
                  indexer: OnnxRunner, metrics: Metrics, limits: EngineLimits,
-                 recommender: RecommendationRanker | None, models: Sequence[str]) -> None:
+                 recommender: RecommendationRanker | None, models: Sequence[str],
+                 text_vectors: TextVectorRunner | None = None) -> None:
         self.index = index
         self._ranker = ranker
         self._documents = documents
@@ -250,6 +251,8 @@ class Engine:
         self._metrics = metrics
         self.limits = limits
         self._recommender = recommender  # None without a recommender in the bundle
+        # The recommender's own text encoder; None: the indexer's encoder run makes the vectors.
+        self._text_vectors = text_vectors
         self._models = set(models)
         # One indexer call at a time: it already uses every core.
         self._indexer_slot = asyncio.Semaphore(1)
@@ -342,11 +345,21 @@ class Engine:
         ranking = await recommender.rank(RecommendQuery(user_history, k, mode))
         return SearchOutcome(ranking, warnings)
 
+    def _codes_and_vectors(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy codes (B, L), fallback codes (B, A) and, with a recommender, text vectors (B, D) of texts
+        (docs/bundle.md: the indexer's encoder run, or the recommender's text encoder). Blocking."""
+        own_encoder = self._text_vectors is not None
+        codes, ranked, vectors = self._indexer.index_texts(
+            texts, FALLBACK_PREFIXES, vectors=self._recommender is not None and not own_encoder)
+        if self._recommender is not None and self._text_vectors is not None:
+            vectors = self._text_vectors.vectors(texts)
+        return codes, ranked, vectors
+
     async def _history_of_texts(self, texts: list[str]) -> History:
         """Items given by their texts: the indexer's encoder gives their vectors (mean-pooled, as training's)
         and greedy codes; the ID is the one a new document would get (next free counter), not stored."""
         async with self._indexer_slot:
-            codes, ranked, vectors = await asyncio.to_thread(self._indexer.index_texts, texts, FALLBACK_PREFIXES)
+            codes, ranked, vectors = await asyncio.to_thread(self._codes_and_vectors, texts)
         trie = self.index.snapshot.trie
         try:
             ids = assign_ids(trie, codes, ranked)
@@ -405,8 +418,7 @@ class Engine:
             texts = [normalise_text(documents[i][1]) for i in needs_codes]
             # With a recommender, each new document's text vector comes from the same encoder run.
             async with self._indexer_slot:
-                codes, ranked, vectors = await asyncio.to_thread(
-                    self._indexer.index_texts, texts, FALLBACK_PREFIXES, vectors=self._recommender is not None)
+                codes, ranked, vectors = await asyncio.to_thread(self._codes_and_vectors, texts)
         position = {i: j for j, i in enumerate(needs_codes)}
         new_documents = []
         for i, (doc_id, text, metadata) in enumerate(documents):

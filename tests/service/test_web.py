@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service.bundle import DocumentTable
 
+from bundle import DocumentTable
 from service.app import create_app
 from service.errors import BadRequestError, NotFoundError
 from service.id_tree import NO_CATEGORY, IdTree, category_of, parse_prefix, title_of

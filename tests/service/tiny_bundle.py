@@ -156,7 +156,8 @@ def untrained_recommender(out_dir: Path, vectors: np.ndarray, codebook_sizes: li
         decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
         item_vectors="recommender/item_vectors.npy", hidden_size=d_model, max_history=max_history,
         text_vectors=TextVectorSpec(dim=int(vectors.shape[1]), encoder="the indexer's encoder", max_input_length=128,
-                                    pooling="mean", normalized=True, source="indexer", checked_items=0,
+                                    pooling="mean", normalized=True, source="indexer", text_encoder_file=None,
+                                    tokenizer_file=None, checked_items=0,
                                     max_abs_diff=0.0),
         beam_size=20, default_mode=default_mode, hybrid_weight=hybrid_weight,  # type: ignore[arg-type]
         exclude_history=True, parity=None, evaluation={})

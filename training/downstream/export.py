@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
@@ -54,6 +55,7 @@ from bundle import (
     SemanticIdSpec,
     TextModelEntry,
     TextTokenizer,
+    TextVectorRunner,
     TextVectorSpec,
     grouped_step_fn,
     mean_pooled,
@@ -65,7 +67,7 @@ from training.data.amazon import items_as_documents
 from training.data.corpus import Document
 from training.downstream.cold_start import greedy_codes
 from training.downstream.evaluate import TorchModel, beam_search
-from training.encoder import resolve_encoder_path
+from training.encoder import load_encoder, mean_pool, resolve_encoder_path
 from training.errors import UserInputError
 from training.indexing.learning import staging_directory
 from training.indexing.network import SemanticIdNetwork
@@ -498,33 +500,42 @@ def export_recommender(stage: Path, recommender: RecommenderModel, documents: Se
         raise ParityError(f"the recommender fails ONNX parity: max |diff| {figures.max_abs_diff:.3e} (tolerance "
                           f"{tolerance:.0e}), {figures.mismatched_inputs} of {figures.inputs} histories rank "
                           "differently beyond near ties; no bundle written")
-    # The service makes the vectors of new items and of history_texts with the indexer's encoder.
+    # The service makes the vectors of new items and of history_texts with the indexer's encoder when it is
+    # the encoder that made training's vectors (LMIndexer IDs), else with the recommender's own text encoder.
     items = sorted({int(r) for rows in recommender.parity_histories for r in rows})[:200]
+    texts = [documents[i].text for i in items]
     indexer = OnnxRunner(stage / "indexer" / "encoder.onnx", stage / "indexer" / "decoder_step.onnx",
                          TextTokenizer(stage / "tokenizer.json", indexer_length), trie.codebook_sizes,
                          name="indexer", intra_op_threads=2)
-    vector_diff = 0.0
-    for start in range(0, len(items), 25):
-        chunk = items[start:start + 25]
-        encoded = indexer.encode([documents[i].text for i in chunk])
-        got = mean_pooled(encoded.states, encoded.attention_mask)
-        vector_diff = max(vector_diff, float(np.abs(got - vectors[chunk]).max()))
+    vector_diff = _vector_diff(lambda chunk: mean_pooled(*_encoded(indexer, chunk)), texts, vectors[items])
     logger.info("recommender text vectors through the indexer encoder: max |diff| %.2e on %d items", vector_diff,
                 len(items))
+    source, text_files = "indexer", (None, None)
     if not vector_diff <= recommender.text_vector_tolerance:
-        raise ParityError(f"the bundle's indexer encoder, mean-pooled, does not give the recommender's text vectors "
-                          f"(max |diff| {vector_diff:.3e} > {recommender.text_vector_tolerance:g} on {len(items)} "
-                          f"items; they came from {recommender.text_encoder}): new items would read differently. "
-                          "Export with the indexer network that made the vectors (LMIndexer IDs: the IDs' own "
-                          "network); no bundle written")
+        logger.info("the indexer's encoder does not make the recommender's text vectors; exporting %s as the "
+                    "recommender's text encoder", recommender.text_encoder)
+        text_files = export_text_encoder(recommender.text_encoder, directory)
+        runner_text = TextVectorRunner(directory / "text_encoder.onnx",
+                                       TextTokenizer(directory / "tokenizer.json", recommender.text_max_length),
+                                       intra_op_threads=2)
+        vector_diff = _vector_diff(runner_text.vectors, texts, vectors[items])
+        source = "text_encoder"
+        logger.info("recommender text vectors through its text encoder: max |diff| %.2e", vector_diff)
+    if not vector_diff <= recommender.text_vector_tolerance:
+        raise ParityError(f"the bundle's text encoder does not give the recommender's text vectors (max |diff| "
+                          f"{vector_diff:.3e} > {recommender.text_vector_tolerance:g} on {len(items)} items; they "
+                          f"came from {recommender.text_encoder}): new items would read differently; no bundle written")
+    text_length = indexer_length if source == "indexer" else recommender.text_max_length
     return ItemTokenRecommenderEntry(
         kind="item_token_recommender", sequence_model=f"recommender/{files['sequence_model']}",
         decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
         item_vectors="recommender/item_vectors.npy", hidden_size=int(model.settings.d_model),
         max_history=int(model.max_history),
         text_vectors=TextVectorSpec(dim=int(vectors.shape[1]), encoder=recommender.text_encoder,
-                                    max_input_length=int(indexer_length), pooling="mean", normalized=True,
-                                    source="indexer", checked_items=len(items), max_abs_diff=vector_diff),
+                                    max_input_length=int(text_length), pooling="mean", normalized=True,
+                                    source=source,  # type: ignore[arg-type]
+                                    text_encoder_file=text_files[0], tokenizer_file=text_files[1],
+                                    checked_items=len(items), max_abs_diff=vector_diff),
         beam_size=int(recommender.beam_size), default_mode=recommender.default_mode,  # type: ignore[arg-type]
         hybrid_weight=float(recommender.hybrid_weight), exclude_history=bool(recommender.exclude_history),
         parity=figures, evaluation=dict(evaluation))
@@ -568,3 +579,44 @@ def load_recommender(model_dir: Path, parity_inputs: int, seed: int = 0
         text_encoder=str(record["text_encoder"].get("encoder")),
         text_max_length=int(record["text_encoder"].get("max_length", 0)))
     return documents, catalogue.semantic_ids, recommender, metrics, record
+
+
+def _encoded(runner: OnnxRunner, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = runner.encode(texts)
+    return encoded.states, encoded.attention_mask
+
+
+def _vector_diff(make: Any, texts: Sequence[str], want: np.ndarray, chunk: int = 25) -> float:
+    """Largest |difference| between make(texts chunk) -> (n, D) and the expected vectors (N, D)."""
+    diff = 0.0
+    for start in range(0, len(texts), chunk):
+        got = make(list(texts[start:start + chunk]))
+        diff = max(diff, float(np.abs(got - want[start:start + chunk]).max()))
+    return diff
+
+
+class _TextVectors(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, D)
+        return F.normalize(mean_pool(states, attention_mask), dim=-1)  # (B, D), as training's text vectors
+
+
+@torch.no_grad()
+def export_text_encoder(encoder: str, directory: Path) -> tuple[str, str]:
+    """Write directory/text_encoder.onnx (input_ids, attention_mask (B, S) int64 -> vectors (B, D), mean-pooled
+    and L2-normalised) and directory/tokenizer.json of `encoder`; returns both paths relative to the bundle."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    model = _TextVectors(load_encoder(encoder).cpu().eval()).eval()
+    input_ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2178, 102, 0, 0, 0]])  # (2, 6)
+    torch.onnx.export(model, (input_ids, (input_ids != 0).long()), str(directory / "text_encoder.onnx"),
+                      input_names=["input_ids", "attention_mask"], output_names=["vectors"],
+                      dynamic_axes={"input_ids": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"},
+                                    "vectors": {0: "B"}},
+                      dynamo=False, opset_version=OPSET)
+    shutil.copyfile(resolve_encoder_path(encoder) / "tokenizer.json", directory / "tokenizer.json")
+    return f"{directory.name}/text_encoder.onnx", f"{directory.name}/tokenizer.json"
