@@ -58,7 +58,7 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
                                                     "tokenizer.json", "trie.bin"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size_per_level": [8, 8], "counter_size": 4}
     entries = {name: dict(entry) for name, entry in manifest["models"].items()}
     agreement = entries["indexer"]["int8_encoder"]["agreement"]
@@ -66,11 +66,11 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
     assert entries == {
         "indexer": {"kind": "text_to_id", "encoder": "indexer/encoder.onnx",
                     "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32, "max_input_length": 48,
-                    "pooling": "cross_attention", "beam_size": 20, "history": None, "evaluation": {},
+                    "pooling": "cross_attention", "beam_size": 20, "evaluation": {},
                     "int8_encoder": {"file": "indexer/encoder.int8.onnx", "agreement": agreement, "skipped": None}},
         "retriever": {"kind": "text_to_id", "encoder": "retriever/encoder.onnx",
                       "decoder_step": "retriever/decoder_step.onnx", "hidden_size": 32, "max_input_length": 24,
-                      "pooling": "cross_attention", "beam_size": 12, "history": None, "int8_encoder": None,
+                      "pooling": "cross_attention", "beam_size": 12, "int8_encoder": None,
                       "evaluation": {"ndcg@10": 0.5}},
     }
     # The int8 indexer encoder: measured on the indexer's 20 parity inputs, above the default minimum.

@@ -87,6 +87,7 @@ def export_onnx(model: Recommender, directory: Path, text_dim: int) -> dict[str,
     # is the check that matters.
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
     width = model.max_history
     levels = len(model.codebook_sizes)
     vectors = torch.randn(2, width, text_dim)
