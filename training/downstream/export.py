@@ -395,8 +395,11 @@ def export_bundle(
         if config.num_levels != num_levels or any(k != config.codebook_size for k in codebook_sizes[:-1]):
             raise UserInputError(f"model {name}: L={config.num_levels} K={config.codebook_size} differs from the "
                                  f"IDs' codebook sizes {codebook_sizes}")
-        if name == "retriever" and config.counter_size != codebook_sizes[-1]:
-            raise UserInputError(f"model {name}: counter size {config.counter_size} differs from "
+        # The retriever's counter head must cover every counter the trie may hold (new documents get counters
+        # up to the IDs' counter size, which the recommender's item tokens fix when there is one).
+        if name == "retriever" and (config.counter_size < codebook_sizes[-1]
+                                    or (recommender is None and config.counter_size != codebook_sizes[-1])):
+            raise UserInputError(f"model {name}: counter size {config.counter_size} does not fit the IDs' "
                                  f"{codebook_sizes[-1]}")
     if semantic_ids.shape[1] != num_levels + 1:
         raise UserInputError(f"IDs have {semantic_ids.shape[1]} codes, the models {num_levels + 1}")
