@@ -157,6 +157,7 @@ class Components:
         documents: DocumentSource = IndexDocuments(index)
         links: list[RedisLink] = []
         writer: LocalWriter | StreamWriter
+        result_cache: ResultCache | None = None
         replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         if settings.redis_url:
             link = RedisLink(settings.redis_url, timeout_s=settings.redis_timeout_s,
@@ -168,6 +169,7 @@ class Components:
             if settings.cache_ttl_s > 0:
                 cache = ResultCache(link, namespace=f"lmindexer:v1:{bundle.fingerprint}",
                                     ttl_s=settings.cache_ttl_s, metrics=metrics)
+                result_cache = cache
                 front_ranker = CachedRanker(ranker, cache)
                 documents = CachedDocuments(documents, cache)
             writer = StreamWriter(index, link=link, read_link=read_link,
@@ -186,7 +188,8 @@ class Components:
                                             max_history_items=settings.max_history_items,
                                             max_batch_documents=settings.max_batch_documents,
                                             max_text_chars=settings.max_text_chars),
-                        recommender=recommendations, models=list(searchers), text_vectors=text_vectors)
+                        recommender=recommendations, models=list(searchers), text_vectors=text_vectors,
+                        cache=result_cache)
         ranker.start()
         if recommendations is not None:
             recommendations.start()

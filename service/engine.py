@@ -36,6 +36,7 @@ from service.telemetry import Metrics
 from trie import FALLBACK_PREFIXES, CounterExhaustedError, assign_ids, constrained_beam_search
 
 if TYPE_CHECKING:
+    from service.cache import ResultCache
     from service.recommender import RecommendationRanker
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class Engine:
     def __init__(self, *, index: LiveIndex, ranker: Ranker, documents: DocumentSource, writer: IndexWriter,
                  indexer: OnnxRunner, metrics: Metrics, limits: EngineLimits,
                  recommender: RecommendationRanker | None, models: Sequence[str],
-                 text_vectors: TextVectorRunner | None = None) -> None:
+                 text_vectors: TextVectorRunner | None = None, cache: ResultCache | None = None) -> None:
         self.index = index
         self._ranker = ranker
         self._documents = documents
@@ -253,6 +254,7 @@ class Engine:
         self._recommender = recommender  # None without a recommender in the bundle
         # The recommender's own text encoder; None: the indexer's encoder run makes the vectors.
         self._text_vectors = text_vectors
+        self._cache = cache  # Redis result cache (recommendations keyed by their input and the index version)
         self._models = set(models)
         # One indexer call at a time: it already uses every core.
         self._indexer_slot = asyncio.Semaphore(1)
@@ -316,8 +318,8 @@ class Engine:
                                   details=[{"loc": ["body", "mode"], "msg": f"unknown mode {mode!r}"}])
         warnings: list[str] = []
         max_history = recommender.entry.max_history
+        snapshot = self.index.snapshot
         if history is not None:
-            snapshot = self.index.snapshot
             rows: list[int] = []
             unknown: list[str] = []
             for doc_id in history:
@@ -332,17 +334,29 @@ class Engine:
             if unknown:
                 warnings.append(f"skipped {len(unknown)} unknown doc_id(s): {unknown[:20]}")
             items_read = len(rows)
-            user_history = recommender.history_of_rows(rows)
+            request: dict[str, Any] = {"rows": rows, "k": k, "mode": mode}
         else:
             texts = [normalise_text(t) for t in items]
             if not all(texts):
                 raise BadRequestError("history_texts must not hold empty or whitespace-only texts",
                                       details=[{"loc": ["body", "history_texts"], "msg": "empty text"}])
             items_read = len(texts)
-            user_history = await self._history_of_texts(texts[-max_history:])
+            request = {"texts": texts[-max_history:], "k": k, "mode": mode}
         if items_read > max_history:
             warnings.append(f"the model reads the {max_history} most recent of the {items_read} history items")
+        key = self._cache.key("recommend", snapshot.version, request) if self._cache is not None else None
+        if self._cache is not None and key is not None:
+            cached = await self._cache.get("result", key)
+            if cached is not None:
+                return SearchOutcome(Ranking(cached, snapshot.version, cached=True), warnings)
+        if history is not None:
+            user_history = recommender.history_of_rows(request["rows"])
+        else:
+            user_history = await self._history_of_texts(request["texts"])
         ranking = await recommender.rank(RecommendQuery(user_history, k, mode))
+        if self._cache is not None:
+            # under the version the ranking was computed against (see CachedRanker.rank)
+            await self._cache.set(self._cache.key("recommend", ranking.index_version, request), ranking.results_json)
         return SearchOutcome(ranking, warnings)
 
     def _codes_and_vectors(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
