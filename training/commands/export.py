@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"the IDs of {source.directory} ({source.method}) have no indexer network: give "
                              "--indexer (a saved network mapping a document's text to its ID)")
     document_length = args.max_document_length or source.document_length
-    beam_size = retriever[1].beam_size if retriever is not None else recommender.beam_size  # type: ignore[union-attr]
+    # The indexer's parity check decodes its documents with the retriever's beam, else the default 20.
+    beam_size = retriever[1].beam_size if retriever is not None else 20
     models["indexer"] = BundleModel(indexer, sample(texts), document_length, beam_size=beam_size)
     tokenizer = load_tokenizer(indexer.config.encoder)
     training_config = {"ids": str(source.directory), "method": source.method}
