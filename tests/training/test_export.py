@@ -167,3 +167,52 @@ def test_invalid_or_duplicate_ids_are_refused_before_any_export(tmp_path: Path, 
     with pytest.raises(DuplicateSemanticIdError):
         _export(tmp_path / "bundle", (documents, duplicate))
     assert not (tmp_path / "bundle").exists()
+
+
+def _recommender(documents, indexer: SemanticIdNetwork, tolerance_noise: float = 0.0):  # type: ignore[no-untyped-def]
+    from training.downstream.export import RecommenderModel
+    from training.encoder import mean_pool
+    from training.recommendation.model import Recommender
+    from training.recommendation.settings import RecommenderSettings
+
+    tokenizer = load_tokenizer()
+    with torch.no_grad():
+        batch = tokenizer([d.text for d in documents], padding=True, truncation=True, max_length=48,
+                          return_tensors="pt")
+        states = indexer.encode(batch["input_ids"], batch["attention_mask"])
+        vectors = torch.nn.functional.normalize(mean_pool(states, batch["attention_mask"]), dim=-1).numpy()
+    torch.manual_seed(5)
+    model = Recommender(32, (8, 8, 4), RecommenderSettings(d_model=16, num_heads=2, num_layers=1, max_history=4,
+                                                           dropout=0.0)).eval()
+    histories = [np.arange(i, i + 1 + i % 4) for i in range(20)]
+    return RecommenderModel(model=model, vectors=vectors, parity_histories=histories, beam_size=20,
+                            default_mode="generative", hybrid_weight=0.5, exclude_history=True,
+                            text_encoder="the indexer's encoder", text_max_length=48)
+
+
+def test_a_recommender_that_fails_parity_is_not_written(tmp_path: Path, corpus, monkeypatch) -> None:
+    """The torch side of the recommender's parity check off by 1e-3: above the tolerance, refused; off by
+    2e-5, within it: written, near ties allowed to swap."""
+    from training.recommendation import export as recommender_export
+
+    documents, ids = corpus
+    indexer = tiny_network(1)
+    real_step = recommender_export.TorchGraphs.step
+    offsets = {"value": 1e-3}
+
+    def shifted_step(self, hidden, codes, level):  # type: ignore[no-untyped-def]
+        out = real_step(self, hidden, codes, level)
+        return out + offsets["value"] * np.random.default_rng(level).standard_normal(out.shape).astype(out.dtype)
+
+    monkeypatch.setattr(recommender_export.TorchGraphs, "step", shifted_step)
+    models = {"indexer": BundleModel(indexer, [d.text for d in documents[:10]], 48)}
+    out = tmp_path / "bundle"
+    with pytest.raises(ParityError, match="the recommender fails ONNX parity"):
+        export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2",
+                      recommender=_recommender(documents, indexer), indexer_int8=False)
+    assert not out.exists()
+    offsets["value"] = 2e-5
+    manifest = export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2",
+                             recommender=_recommender(documents, indexer), indexer_int8=False)
+    parity = manifest.models["recommender"].parity
+    assert parity.top_k_identical and parity.mismatched_inputs == 0 and 1e-5 < parity.max_abs_diff <= 1e-4
