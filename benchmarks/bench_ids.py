@@ -127,6 +127,7 @@ def run_method(
         "collisions": {k: v for k, v in metrics["collisions"].items() if k != "group_size_histogram"},
         "method_diagnostics": method_figures,
         "wall_seconds": round(wall, 1),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),  # wall times mean little on busy shared cores
         "config": record["config"],
         "output_dir": str(out_dir),
     }

@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                      "redis_url": args.redis_url, "index_batch": args.index_batch,
                      "intra_op_threads": args.intra_op_threads, "beam_size": 20},
         "bundle_manifest": {k: v for k, v in json.loads((args.bundle / "manifest.json").read_text()).items()
-                            if k in ("semantic_ids", "models", "max_query_length", "num_documents", "created_at")},
+                            if k in ("semantic_ids", "models", "num_documents", "created_at")},
         "runs": {},
     }
     try:

@@ -124,12 +124,11 @@ async def index_documents(body: IndexDocumentsRequest, engine: EngineDep) -> Ind
          "index_version": outcome.index_version})
 
 
-@router.get("/documents/{doc_id:path}", response_model=DocumentResponse, tags=["documents"],
+@router.get("/documents/{doc_id}", response_model=DocumentResponse, tags=["documents"],
             responses={404: {"model": ErrorResponse, "description": "Unknown doc_id"}})
 async def get_document(doc_id: Annotated[str, Path(description="The doc_id, percent-encoded. " + DOC_ID_RULE)],
                        engine: EngineDep) -> Response:
-    """A document (text, metadata, semantic ID) by doc_id, percent-encoded in the path; a '/' in it may
-    be sent as %2F or as is (the route takes the rest of the path)."""
+    """A document (text, metadata, semantic ID) by doc_id, percent-encoded in the path (one segment)."""
     return Response(content=await engine.document_json(doc_id), media_type="application/json")
 
 

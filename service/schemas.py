@@ -12,10 +12,10 @@ Every string of a request is checked here, at the edge, once (service/README.md,
   carriage return. One compiled-regex scan per string.
 - **doc_id** (``documents[].doc_id``): 1-512 characters, every one printable (``str.isprintable``: no
   character of the Unicode categories Cc, Cf, Cs, Co, Cn, Zl, Zp, or Zs other than the ASCII space), no
-  leading or trailing space, and ``/`` only between path segments that are neither empty nor ``.`` nor
-  ``..``. Such a doc_id always reads back at ``GET /documents/{doc_id}`` with the doc_id percent-encoded
-  (``/`` may be sent as ``%2F`` or as is): clients and proxies normalise ``.``/``..`` segments and
-  empty ones away, and nothing else changes a percent-encoded path.
+  leading or trailing space, no ``/``, and neither ``.`` nor ``..``: a doc_id is one path segment of
+  ``GET /documents/{doc_id}``, where it always reads back percent-encoded (clients and proxies decode
+  ``%2F`` or split on ``/``, and remove ``.``/``..`` segments; nothing else changes a percent-encoded
+  segment).
 - **Numbers**: finite (JSON has no NaN or Infinity; Python's parser accepts them), anywhere in a
   request, metadata included; metadata nests at most ``MAX_METADATA_DEPTH`` levels.
 
@@ -62,9 +62,8 @@ TEXT_PATTERN = "^[^" + "".join(c if c == "-" else f"\\u{ord(c):04x}" for c in _C
 TEXT_RULE = ("Text rule: valid Unicode (no lone surrogate), no control character other than tab, line feed and "
              "carriage return")
 DOC_ID_RULE = ("doc_id rule: 1-512 printable characters (no control, format, surrogate, private-use, unassigned or "
-               "separator character other than the ASCII space), no leading or trailing space; '/' only "
-               "between segments that are neither empty nor '.' nor '..'. Read it back at GET "
-               "/documents/{doc_id} with the doc_id percent-encoded ('/' as %2F or as is).")
+               "separator character other than the ASCII space), no leading or trailing space, no '/', and "
+               "neither '.' nor '..'. Read it back at GET /documents/{doc_id} with the doc_id percent-encoded.")
 
 
 def _character_error(value: str, position: int, what: str) -> PydanticCustomError:
@@ -91,14 +90,13 @@ def doc_id_error(value: str) -> PydanticCustomError | None:
         position = 0 if value[0].isspace() else len(value) - 1
         return PydanticCustomError("invalid_doc_id", "a space at position {position}: a doc_id must not start "
                                    "or end with a space", {"position": position})
-    if "/" in value or value in (".", ".."):
-        start = 0
-        for segment in value.split("/"):
-            if segment in ("", ".", ".."):
-                return PydanticCustomError(
-                    "invalid_doc_id", "empty, '.' or '..' segment at position {position}: '/' may only separate "
-                    "segments that are neither empty nor '.' nor '..' (URLs drop them)", {"position": start})
-            start += len(segment) + 1
+    if "/" in value:
+        return PydanticCustomError("invalid_doc_id", "'/' at position {position}: a doc_id is one path segment of "
+                                   "GET /documents/<doc_id>", {"position": value.index("/")})
+    if value in (".", ".."):
+        return PydanticCustomError("invalid_doc_id", "'.' at position {position}: '.' and '..' are not doc_ids "
+                                   "(URLs drop such segments)",
+                                   {"position": 0})
     return None
 
 

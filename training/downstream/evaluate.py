@@ -25,6 +25,7 @@ import torch
 from bundle import Encoded, grouped_step_fn
 from training.data.trec import Run
 from training.indexing.network import SemanticIdNetwork
+from training.metrics import evaluate
 from training.progress import progress_bar
 from trie import StepFn, constrained_beam_search
 
@@ -137,8 +138,6 @@ def decoded_run(decoded: Decoded, query_ids: Sequence[str], row_doc_ids: Sequenc
 
 def score_run(run: Run, qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str]) -> dict[str, float]:
     """Mean metrics over the queries of `qrels` (training.metrics conventions)."""
-    from training.metrics import evaluate
-
     return evaluate(run, qrels, metrics)
 
 

@@ -76,6 +76,12 @@ class LMIndexerConfig:
     residual_kmeans: bool = field(default=True, metadata={
         "help": "Levels >= 2: k-means on the within-prefix residuals of h, codebook orthogonal to the "
                 "earlier codebooks (else k-means on h itself, as the official code)."})
+    residual_projection: Literal["codebooks", "prefix_means"] = field(default="prefix_means", metadata={
+        "help": "Levels >= 2 with residual_kmeans: the subspace the new codebook is kept off. 'codebooks': the span "
+                "of the earlier codebooks; 'prefix_means': the span of the level's own prefix means of h (their top "
+                "directions, at most d / 2), so argmax h . e ignores what all siblings share and follows the residual "
+                "k-means partition (quick preset, 500 Beauty items, 3 x 32: collisions 66% -> 41%, largest "
+                "group 22 -> 6)."})
     kmeans_normalize: bool = field(default=True, metadata={
         "help": "Cluster unit-length h and give all centroids the mean |h| (argmax-dot = cosine k-means)."})
     # -- run

@@ -2,6 +2,11 @@
 trained by the project's one training loop (training.loop), with k-means codebook initialisation
 and code assignment between them.
 
+Determinism: the same seed, data and thread count on one CPU give the same IDs. The k-means runs on one
+OpenMP thread (multi-threaded Lloyd iterations sum in a timing-dependent order); codes are argmax over
+torch matmuls, repeatable for a fixed thread count; the table is re-assigned greedily from the final
+network, so the IDs written are a function of the saved network alone.
+
 Outputs under `out_dir`: `network/` (SemanticIdNetwork.save: fine-tuning starts from it),
 `reconstructor.safetensors`, `lmindexer.json` (the config and per-level diagnostics) and
 `checkpoints/<stage>/` (one resumable training-loop run per stage; `checkpoint_dir` puts them
@@ -23,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_mutual_info_score
+from threadpoolctl import threadpool_limits
 
 from training.config import config_to_dict
 from training.data.corpus import Document
@@ -238,7 +244,7 @@ class LMIndexer:
         basis = None
         if level > 0 and config.residual_kmeans:
             earlier = self.network.codebooks.data[:level].reshape(-1, data.shape[1]).double().cpu().numpy()
-            data, basis = prefix_residuals(data, self.codes[:, :level], earlier)
+            data, basis = prefix_residuals(data, self.codes[:, :level], earlier, config.residual_projection)
         k = min(config.codebook_size, len(data))
         if config.kmeans == "minibatch":
             km = MiniBatchKMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
@@ -246,7 +252,12 @@ class LMIndexer:
         else:
             km = KMeans(n_clusters=k, n_init=config.kmeans_n_init, max_iter=config.kmeans_max_iter,
                         random_state=config.seed)
-        km.fit(data.astype(np.float64))
+        # One OpenMP thread: scikit-learn's Lloyd iterations add per-thread partial centroid sums in the order
+        # the threads finish, so with more threads the centroids' last bits (and near-tie codes) vary between
+        # runs of the same seed. Single-threaded it is repeatable; it costs seconds (RK-means on all of Beauty
+        # fits 3 x 256 centroids in ~36 CPU-seconds).
+        with threadpool_limits(limits=1, user_api="openmp"):
+            km.fit(data.astype(np.float64))
         centroids = km.cluster_centers_
         if basis is not None:
             centroids = centroids - (centroids @ basis) @ basis.T
@@ -262,6 +273,13 @@ class LMIndexer:
         kmeans_codes = km.labels_.astype(np.int64)
         record = {"kmeans_seconds": round(time.perf_counter() - started, 2), "kmeans_inertia": float(km.inertia_),
                   "mean_hidden_norm": float(norms.mean())}
+        if level > 0:
+            # Does the network's rule (argmax h . e) keep the siblings apart that k-means put apart?
+            argmax_codes = (hidden @ self.network.codebooks.data[level].cpu().numpy().T).argmax(1)
+            record["kmeans_init_diff_ratio"] = same_prefix_diff_ratio(
+                np.column_stack([self.codes[:, :level], kmeans_codes]), level)
+            record["argmax_init_diff_ratio"] = same_prefix_diff_ratio(
+                np.column_stack([self.codes[:, :level], argmax_codes]), level)
         if self.labels is not None:
             record["kmeans_init_category_ami"] = _ami(self.codes[:, :level], kmeans_codes, self.labels)
         return record
@@ -377,14 +395,17 @@ class LMIndexer:
                 "reconstructor": RECONSTRUCTOR_FILE, "config": CONFIG_FILE}
 
 
-def prefix_residuals(data: np.ndarray, prefixes: np.ndarray,
-                     earlier_codebooks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def prefix_residuals(data: np.ndarray, prefixes: np.ndarray, earlier_codebooks: np.ndarray,
+                     projection: str = "codebooks") -> tuple[np.ndarray, np.ndarray | None]:
     """What the k-means of level t >= 1 clusters (`residual_kmeans`): within-prefix residuals of h^t.
 
     data (N, d): h^t of every document (unit length with kmeans_normalize); prefixes (N, t): the codes
     assigned at levels 0..t-1; earlier_codebooks (r, d): the rows of E^0..E^{t-1}.
     Returns (residuals (N, d) float64, basis): each row minus the mean of the rows sharing its prefix,
-    then, when r < d, projected off the span of the earlier codebooks (basis (d, r) orthonormal, else None).
+    then projected off a subspace (basis (d, r) orthonormal, or None for none) that the new codebook is also
+    kept off (init_codebook): with projection 'codebooks' the span of the earlier codebooks when r < d; with
+    'prefix_means' the top directions of the prefix means (weighted by prefix size; the fewest that hold
+    99.9% of their energy, at most d / 2).
 
     Why: h^t starts close to h^{t-1} (the prefix code dominates it), so k-means on h^t itself re-finds the
     previous partition and most siblings land on one code; the residual is what tells siblings apart, so
@@ -399,8 +420,16 @@ def prefix_residuals(data: np.ndarray, prefixes: np.ndarray,
     means /= np.bincount(groups)[:, None]
     residuals = data - means[groups]
     basis = None
-    if earlier_codebooks.shape[0] < data.shape[1]:
+    if projection == "prefix_means":
+        # h^t = (prefix mean) + (residual) with the mean ~all of |h^t|: argmax h . e must not see the mean
+        weighted = means * np.sqrt(np.bincount(groups))[:, None]  # (P, d)
+        _, singular, directions = np.linalg.svd(weighted, full_matrices=False)
+        energy = np.cumsum(singular**2) / max(float((singular**2).sum()), 1e-300)
+        rank = min(int(np.searchsorted(energy, 0.999)) + 1, data.shape[1] // 2)
+        basis = directions[:rank].T  # (d, rank) orthonormal
+    elif earlier_codebooks.shape[0] < data.shape[1]:
         basis = np.linalg.qr(np.asarray(earlier_codebooks, dtype=np.float64).T)[0]  # (d, r) orthonormal
+    if basis is not None:
         residuals = residuals - (residuals @ basis) @ basis.T
     return residuals, basis
 
