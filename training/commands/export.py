@@ -18,7 +18,6 @@ import json
 import random
 from pathlib import Path
 
-from bundle import HistorySpec
 from training.errors import UserInputError
 
 HELP = "Export a serving bundle (ONNX graphs, trie, documents)."
