@@ -125,13 +125,13 @@ class IndexSnapshot:
         assert self.bundle_vectors is not None, "the bundle has no item vectors"
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.zeros((len(rows), self.bundle_vectors.shape[1]), dtype=np.float32)
-        for i, row in enumerate(rows.tolist()):
-            added = self.added_by_row.get(row)
-            if added is not None:
-                if added.vector is not None:
-                    out[i] = added.vector
-            elif 0 <= row < len(self.bundle_vectors):
-                out[i] = self.bundle_vectors[row]
+        in_bundle = (rows >= 0) & (rows < len(self.bundle_vectors))
+        out[in_bundle] = self.bundle_vectors[rows[in_bundle]]
+        if self.added_by_row:  # added or changed documents: their stored vector (a changed one overrides)
+            for i, row in enumerate(rows.tolist()):
+                added = self.added_by_row.get(row)
+                if added is not None:
+                    out[i] = added.vector if added.vector is not None else 0.0
         return out
 
     def text_of(self, doc_id: str) -> str | None:
