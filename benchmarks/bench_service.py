@@ -7,6 +7,9 @@ cost more CPU per request than the service, see there):
   runs the model; the Redis lookup still happens and misses) and cached (a warmed pool of queries);
   throughput and p50 / p95 / p99 latency;
 - the same with a 1,000,000-ID trie (a bundle variant: the same models, 1M random extra IDs);
+- /recommend (uncached: histories of 5-20 random catalogue doc_ids, unique per request, in the
+  bundle's default mode) at the same concurrencies: p50 at 1 client and throughput at 32 clients
+  next to /search's in `recommend_vs_search`;
 - /index-documents documents/s (batches of --index-batch new documents, sequential).
 Writes JSON with a machine description (benchmarks/results/service.json by default).
 
@@ -164,6 +167,34 @@ def bench_search(url: str, concurrencies: list[int], duration_s: float, seed: in
     return results
 
 
+def bench_recommend(url: str, concurrencies: list[int], duration_s: float, seed: int,
+                    doc_ids: list[str]) -> list[dict[str, Any]]:
+    """Uncached /recommend at each concurrency: each request a fresh random history (5 to 20 doc_ids of the
+    catalogue, oldest first), so the Redis lookup misses and the model runs."""
+    rng = np.random.default_rng(seed + 1)
+    results = []
+
+    def body(n: int) -> dict[str, Any]:
+        picks = rng.choice(len(doc_ids), size=int(rng.integers(5, 21)), replace=False)
+        return {"history": [doc_ids[int(i)] for i in picks], "k": 10}
+
+    for concurrency in concurrencies:
+        result = asyncio.run(_load(url, concurrency, duration_s, 1.0, body, endpoint="/recommend"))
+        logger.info("recommend c=%d: %s", concurrency, result)
+        results.append(result)
+    return results
+
+
+def recommend_vs_search(search: list[dict[str, Any]], recommend: list[dict[str, Any]]) -> dict[str, Any]:
+    """p50 at 1 client and throughput at 32 clients of /recommend next to /search's (uncached)."""
+    def at(rows: list[dict[str, Any]], concurrency: int, key: str) -> float | None:
+        return next((r[key] for r in rows if r["concurrency"] == concurrency), None)
+
+    return {"search_p50_1_client_ms": at(search, 1, "p50_ms"), "recommend_p50_1_client_ms": at(recommend, 1, "p50_ms"),
+            "search_throughput_32_clients_rps": at(search, 32, "throughput_rps"),
+            "recommend_throughput_32_clients_rps": at(recommend, 32, "throughput_rps")}
+
+
 def bench_indexing(url: str, batch: int, batches: int, seed: int) -> dict[str, Any]:
     """Sequential /index-documents batches of new documents: documents per second."""
     rng = np.random.default_rng(seed)
@@ -259,7 +290,7 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     import torch
 
     from bundle import TextTokenizer, write_manifest
-    from tests.service.tiny_bundle import tokenizer_path, untrained_manifest
+    from tests.service.tiny_bundle import tokenizer_path, untrained_manifest, untrained_recommender
     from training.downstream.export import export_onnx, write_int8_encoder
     from training.indexing.network import NetworkConfig, SemanticIdNetwork
     from trie import SemanticIdTrie
@@ -269,7 +300,7 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
                            decoder_layers=1, decoder_ff_size=512)
     network = SemanticIdNetwork(config).eval()
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("indexer", "retriever", "recommender"):
+    for name in ("indexer", "retriever"):
         export_onnx(network, out / name)
     shutil.copy(tokenizer_path(), out / "tokenizer.json")
     items = beauty_texts()
@@ -286,10 +317,16 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     with open(out / "documents.jsonl", "w", encoding="utf-8") as f:
         for (asin, text), sid in zip(items, ids.tolist(), strict=True):
             f.write(json.dumps({"doc_id": asin, "text": text, "metadata": {}, "semantic_id": sid}) + "\n")
+    # The item-token recommender at the cpu preset's size (d_model 128, 50 items of history), untrained;
+    # random unit item vectors of MiniLM's width: the per-request work is the real one.
+    vectors = rng.normal(size=(len(items), network.hidden_size)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    recommender = untrained_recommender(out, vectors, sizes, max_history=50, d_model=128, seed=seed)
     write_manifest(out, untrained_manifest(
         num_levels=2, codebook_size=codebook_size, counter_size=counter_size, num_documents=len(items),
         hidden_size=network.hidden_size, int8_file=f"indexer/{int8.file}", int8_agreement=int8.agreement,
-        note="benchmark bundle: MiniLM + untrained ID decoder (1 layer)"))
+        recommender=recommender,
+        note="benchmark bundle: MiniLM + untrained ID decoder (1 layer), untrained item-token recommender"))
     return out
 
 
@@ -333,7 +370,7 @@ def bench_generate_path(bundle: Path, *, decoder_layers: int, singles: int, batc
         return allowed.get(tuple(input_ids.tolist()[1:]), [])
 
     # The retriever's input length (the searches generate stands in for), as the service reads queries.
-    query_model = manifest.models.get("retriever") or manifest.models["recommender"]
+    query_model = manifest.models["retriever"]
     tokenizer = TextTokenizer(opened.path(manifest.tokenizer), query_model.max_input_length)
     rng = np.random.default_rng(seed)
 
@@ -419,6 +456,12 @@ def run_bundle(name: str, bundle: Path, args: argparse.Namespace, workdir: Path,
                                   "startup_s": round(startup_s, 1), "execution_providers": info["execution_providers"],
                                   "indexer_precision": info.get("indexer_precision")}
         result["search"] = bench_search(service.url, args.concurrency, args.duration, args.seed)
+        if "recommender" in info["models"]:
+            doc_ids = [json.loads(line)["doc_id"] for line in (bundle / "documents.jsonl").open(encoding="utf-8")
+                       if line.strip()]
+            result["recommend"] = bench_recommend(service.url, args.concurrency, args.duration, args.seed, doc_ids)
+            result["recommend_vs_search"] = recommend_vs_search(result["search"]["uncached"], result["recommend"])
+            logger.info("recommend vs search: %s", result["recommend_vs_search"])
         if index:
             result["index_documents"] = bench_indexing(service.url, args.index_batch, args.index_batches, args.seed)
             logger.info("indexing: %s", result["index_documents"])

@@ -6,10 +6,10 @@ wrong type and a format version other than ``FORMAT_VERSION``. Nothing has a def
 everything, so a reader never guesses (docs/bundle.md is the format's page).
 
 One entry per model under ``models``, keyed by its role (indexer, retriever, recommender) and typed by
-its ``kind``: ``MODEL_KINDS`` maps each kind to its entry class. A model of another shape (say, a
-sequence model over item vectors) is one more frozen dataclass here, with ``kind: Literal["<its kind>"]``,
-its files and settings as typed fields, and a ``files()`` method; add it to ``ModelEntry`` and
-``MODEL_KINDS``, and from_json / to_json handle it with no other change.
+its ``kind``: ``MODEL_KINDS`` maps each kind to its entry class (``text_to_id`` for the indexer and the
+retriever, ``item_token_recommender`` for the recommender; ``ROLE_KINDS``). A model of another shape is
+one more frozen dataclass here, with ``kind: Literal["<its kind>"]``, its files and settings as typed
+fields, and a ``files()`` method; add it to ``ModelEntry`` and ``MODEL_KINDS``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Union
 
 from bundle.errors import BundleError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MODEL_ROLES = ("indexer", "retriever", "recommender")
 
 
@@ -52,30 +52,6 @@ class SemanticIdSpec:
     def codebook_sizes(self) -> tuple[int, ...]:
         """Codes per level, the counter level last: ``L + 1`` sizes (the trie's ``codebook_sizes``)."""
         return (*self.codebook_size_per_level, self.counter_size)
-
-
-def history_text(texts: Sequence[str], max_items: int, separator: str) -> str:
-    """The history-text recommender's input: the last ``max_items`` texts of a history given oldest
-    first (all of them when ``max_items`` is 0), most recent first, joined by ``separator``."""
-    kept = list(texts[-max_items:]) if max_items > 0 else list(texts)
-    return separator.join(reversed(kept))
-
-
-@dataclass(frozen=True)
-class HistorySpec:
-    """How a user's history becomes the recommender's input text (``history_text``)."""
-
-    max_items: int  # the most recent items read; the rest are dropped
-    separator: str
-    order: Literal["most_recent_first"]
-
-    def __post_init__(self) -> None:
-        if self.max_items < 1:
-            raise BundleError(f"max_items must be >= 1, got {self.max_items}")
-
-    def text(self, texts: Sequence[str]) -> str:
-        """The input text of a history given oldest first."""
-        return history_text(texts, self.max_items, self.separator)
 
 
 @dataclass(frozen=True)
@@ -115,9 +91,8 @@ class Int8Encoder:
 class TextModelEntry:
     """A text model: ``encoder.onnx`` (text -> states) and ``decoder_step.onnx`` (states, codes -> log-probs).
 
-    The indexer (documents), the retriever (queries) and the history-text recommender (the history's
-    texts joined as ``history`` says). Inputs are cut at ``max_input_length`` tokens ([CLS] and [SEP]
-    included); the ID decoder reads every encoder state by cross-attention (``pooling``).
+    The indexer (documents) and the retriever (queries). Inputs are cut at ``max_input_length`` tokens
+    ([CLS] and [SEP] included); the ID decoder reads every encoder state by cross-attention (``pooling``).
     """
 
     KIND: ClassVar[str] = "text_to_id"
@@ -129,7 +104,6 @@ class TextModelEntry:
     max_input_length: int
     pooling: Literal["cross_attention"]
     beam_size: int  # the beam width of its evaluation and parity check
-    history: HistorySpec | None  # the recommender's; None for other roles
     int8_encoder: Int8Encoder | None  # the indexer's; None for other roles
     parity: ParityFigures | None  # None only for bundles not made by the export (test bundles)
     evaluation: Mapping[str, Any]  # the evaluation figures (metrics JSON) of the model, {} when not evaluated
@@ -144,8 +118,116 @@ class TextModelEntry:
         return (self.encoder, self.decoder_step, *extra)
 
 
-ModelEntry = TextModelEntry
-MODEL_KINDS: dict[str, type[ModelEntry]] = {TextModelEntry.KIND: TextModelEntry}
+RECOMMEND_MODES = ("generative", "hybrid")
+
+
+@dataclass(frozen=True)
+class TextVectorSpec:
+    """How an item's text vector is made (the recommender's item tokens read it; docs/bundle.md).
+
+    Training encoded every item's text once with ``encoder`` (``max_input_length`` tokens, ``pooling``
+    over the token states, L2-normalised when ``normalized``). The service makes the vector of a
+    document added later, or of a ``history_texts`` item, the same way: with ``source`` "indexer", the
+    indexer's encoder.onnx, pooled (LMIndexer IDs: the indexer network's encoder made the vectors);
+    with "text_encoder", the graph ``text_encoder_file`` (text -> pooled vector, its own tokenizer
+    ``tokenizer_file``), exported when the indexer's encoder is not the one (rq-VAE and HC IDs: a
+    pretrained encoder made them). ``max_abs_diff``: the export's check of that path against training's
+    vectors on ``checked_items`` items.
+    """
+
+    dim: int
+    encoder: str  # what training encoded with (a description: a model name or the indexer network's folder)
+    max_input_length: int
+    pooling: Literal["mean"]
+    normalized: bool
+    source: Literal["indexer", "text_encoder"]
+    text_encoder_file: str | None  # input_ids, attention_mask (B, S) int64 -> vectors (B, D); source text_encoder
+    tokenizer_file: str | None  # its tokenizer.json
+    checked_items: int
+    max_abs_diff: float
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.max_input_length < 2:
+            raise BundleError("dim must be >= 1 and max_input_length >= 2")
+        if (self.source == "text_encoder") != (self.text_encoder_file is not None and self.tokenizer_file is not None):
+            raise BundleError("text_encoder_file and tokenizer_file are set exactly when source is text_encoder")
+
+    def files(self) -> tuple[str, ...]:
+        """The text encoder's files (none with source indexer)."""
+        return tuple(f for f in (self.text_encoder_file, self.tokenizer_file) if f is not None)
+
+
+@dataclass(frozen=True)
+class RecommenderParity:
+    """The export's check of the item-token recommender's graphs against the torch model.
+
+    Both rank ``inputs`` histories (beam ``beam_size``, top ``top_k``) in both modes through
+    ``bundle.recommendation.recommend``: ``max_abs_diff`` is the largest |difference| over the hidden
+    states, the decoder's log-probabilities (every step of the runner's search, meaningful codes) and
+    the candidates' dense scores. Rankings must be identical, except that two results whose scores
+    differ by less than ``tolerance`` may swap places (``near_tie_swaps`` counts such inputs;
+    ``bundle.recommendation.rankings_agree``); ``mismatched_inputs`` counts real mismatches (0 in a
+    written bundle).
+    """
+
+    inputs: int
+    beam_size: int
+    top_k: int
+    tolerance: float
+    max_abs_diff: float
+    hidden_max_abs_diff: float
+    dense_max_abs_diff: float
+    top_k_identical: bool
+    near_tie_swaps: int
+    mismatched_inputs: int
+
+
+@dataclass(frozen=True)
+class ItemTokenRecommenderEntry:
+    """The item-token recommender (training/recommendation): one token per history item, three graphs.
+
+    An item is its text vector (``item_vectors``, row i = trie row i = documents.jsonl line i) and its
+    semantic ID (documents.jsonl); the sequence model reads the ``max_history`` most recent items and
+    gives one hidden state; the ID decoder step decodes the next item's ID over the trie (beam
+    ``beam_size``); the dense head scores candidate items. ``default_mode``: the ranking better on
+    validation NDCG@10; ``hybrid_weight``: w of the hybrid rule (``bundle.recommendation.fuse``),
+    chosen on validation; ``exclude_history``: drop the history's own items (the default of /recommend).
+    """
+
+    KIND: ClassVar[str] = "item_token_recommender"
+
+    kind: Literal["item_token_recommender"]
+    sequence_model: str
+    decoder_step: str
+    dense_head: str
+    item_vectors: str  # .npy (N, D) float16 or float32
+    hidden_size: int
+    max_history: int
+    text_vectors: TextVectorSpec
+    beam_size: int
+    default_mode: Literal["generative", "hybrid"]
+    hybrid_weight: float
+    exclude_history: bool
+    parity: RecommenderParity | None  # None only for bundles not made by the export (test bundles)
+    evaluation: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.max_history < 1 or self.beam_size < 1 or self.hidden_size < 1:
+            raise BundleError("max_history, beam_size and hidden_size must be >= 1")
+        if not 0.0 <= self.hybrid_weight <= 1.0:
+            raise BundleError(f"hybrid_weight must be in [0, 1], got {self.hybrid_weight}")
+
+    def files(self) -> tuple[str, ...]:
+        """Every file of the entry, relative to the bundle."""
+        return (self.sequence_model, self.decoder_step, self.dense_head, self.item_vectors, *self.text_vectors.files())
+
+
+ModelEntry = Union[TextModelEntry, ItemTokenRecommenderEntry]  # noqa: UP007 (a runtime alias _value matches on)
+MODEL_KINDS: dict[str, type] = {TextModelEntry.KIND: TextModelEntry,
+                                ItemTokenRecommenderEntry.KIND: ItemTokenRecommenderEntry}
+# The kind each role must have: the indexer and the retriever read text; the recommender reads items.
+ROLE_KINDS: dict[str, type] = {"indexer": TextModelEntry, "retriever": TextModelEntry,
+                               "recommender": ItemTokenRecommenderEntry}
 
 
 @dataclass(frozen=True)
@@ -175,11 +257,11 @@ class BundleManifest:
         if not {"retriever", "recommender"} & self.models.keys():
             raise BundleError("models: a bundle needs a retriever or a recommender model")
         for role, entry in self.models.items():
-            if isinstance(entry, TextModelEntry):
-                if (entry.history is not None) != (role == "recommender"):
-                    raise BundleError(f"models.{role}.history: set for the recommender only")
-                if entry.int8_encoder is not None and role != "indexer":
-                    raise BundleError(f"models.{role}.int8_encoder: only the indexer may have one")
+            if not isinstance(entry, ROLE_KINDS[role]):
+                raise BundleError(f"models.{role}.kind: {entry.kind!r}; the {role} must be of kind "
+                                  f"{ROLE_KINDS[role].KIND!r}")
+            if isinstance(entry, TextModelEntry) and entry.int8_encoder is not None and role != "indexer":
+                raise BundleError(f"models.{role}.int8_encoder: only the indexer may have one")
         if not isinstance(self.models, MappingProxyType):
             object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
 
@@ -276,17 +358,18 @@ def _value(kind: Any, value: Any, where: str) -> Any:
     args = typing.get_args(kind)
     if kind is Any:
         return value
+    # Before the union rule: ModelEntry is a union whose member is chosen by the entry's "kind".
+    if kind == ModelEntry:
+        return _model_entry(value, where)
+    if origin is Mapping and args == (str, ModelEntry):
+        if not isinstance(value, dict):
+            raise BundleError(f"{where}: expected a JSON object")
+        return {str(k): _model_entry(v, _key(where, str(k))) for k, v in value.items()}
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _value(inner, value, where)
-    if kind is ModelEntry or (origin is Mapping and args == (str, ModelEntry)):
-        if kind is ModelEntry:
-            return _model_entry(value, where)
-        if not isinstance(value, dict):
-            raise BundleError(f"{where}: expected a JSON object")
-        return {str(k): _model_entry(v, _key(where, str(k))) for k, v in value.items()}
     if origin is Literal:
         if value not in args:
             raise BundleError(f"{where}: {value!r} is not one of {list(args)}")

@@ -1,6 +1,6 @@
 """A bundle's text model under onnxruntime: tokenize, encode once per input, decode level by level.
 
-The one runner of the bundle's graphs: the service searches, recommends and indexes with it, and the
+The one runner of the bundle's text models: the service searches and indexes with it, and the
 export's parity check holds it against the torch model, so what is checked is what is served.
 Blocking code: the service calls it from worker threads, never on its event loop.
 
@@ -24,7 +24,8 @@ from tokenizers import Tokenizer
 from bundle.decoding import QueryStep, grouped_step_fn
 from bundle.directory import Bundle
 from bundle.errors import BundleError
-from bundle.manifest import TextModelEntry
+from bundle.manifest import ItemTokenRecommenderEntry, TextModelEntry
+from bundle.recommendation import mean_pooled
 from trie import StepFn, greedy_codes
 
 logger = logging.getLogger(__name__)
@@ -172,13 +173,64 @@ class OnnxRunner:
         Texts run in chunks of similar length: documents vary a lot (Beauty: 41 tokens on average, 89 at
         the 99th percentile), and padding a random batch to its longest doubles the work.
         """
+        codes, ranked, _ = self.index_texts(texts, alternatives, chunk_size, vectors=False)
+        return codes, ranked
+
+    def index_texts(self, texts: Sequence[str], alternatives: int, chunk_size: int = 32,
+                    vectors: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``greedy_codes`` and, from the same encoder run, each text's vector (B, d) float32: the encoder
+        states mean-pooled over the real tokens and L2-normalised (``bundle.recommendation.mean_pooled``,
+        the item-token recommender's text vectors; (B, 0) when ``vectors`` is false)."""
         rows = self.tokenizer.token_ids(texts)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         count = min(alternatives, self.codebook_sizes[self.num_levels - 1])
         codes = np.zeros((len(rows), self.num_levels), dtype=np.int64)
         ranked = np.zeros((len(rows), count), dtype=np.int64)
+        pooled: np.ndarray | None = None
         for start in range(0, len(order), chunk_size):
             chunk = order[start: start + chunk_size]
             encoded = self.encode_ids(*self.tokenizer.pad([rows[i] for i in chunk]))
             codes[chunk], ranked[chunk] = greedy_codes(self.step_fn(encoded), len(chunk), self.codebook_sizes, count)
-        return codes, ranked
+            if vectors:
+                if pooled is None:
+                    pooled = np.zeros((len(rows), encoded.states.shape[-1]), dtype=np.float32)
+                pooled[chunk] = mean_pooled(encoded.states, encoded.attention_mask)
+        return codes, ranked, pooled if pooled is not None else np.zeros((len(rows), 0), dtype=np.float32)
+
+
+class TextVectorRunner:
+    """The recommender's own text encoder (``text_vectors.source`` "text_encoder"): texts -> vectors (B, D)."""
+
+    def __init__(self, encoder: Path, tokenizer: TextTokenizer, *, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        self.tokenizer = tokenizer
+        self._session = ort.InferenceSession(str(encoder), options, providers=list(providers))
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, **options: object) -> TextVectorRunner | None:
+        """The bundle recommender's text encoder, or None when the indexer's encoder makes the vectors."""
+        entry = bundle.manifest.models.get("recommender")
+        if not isinstance(entry, ItemTokenRecommenderEntry) or entry.text_vectors.source != "text_encoder":
+            return None
+        spec = entry.text_vectors
+        assert spec.text_encoder_file is not None and spec.tokenizer_file is not None
+        tokenizer = TextTokenizer(bundle.path(spec.tokenizer_file), spec.max_input_length)
+        return cls(bundle.path(spec.text_encoder_file), tokenizer, **options)  # type: ignore[arg-type]
+
+    def vectors(self, texts: Sequence[str], chunk_size: int = 32) -> np.ndarray:
+        """(B, D) float32 vectors of ``texts`` (chunks of similar length)."""
+        rows = self.tokenizer.token_ids(texts)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out: np.ndarray | None = None
+        for start in range(0, len(order), chunk_size):
+            chunk = order[start: start + chunk_size]
+            input_ids, attention_mask = self.tokenizer.pad([rows[i] for i in chunk])
+            (vectors,) = self._session.run(["vectors"], {"input_ids": input_ids, "attention_mask": attention_mask})
+            if out is None:
+                out = np.zeros((len(rows), vectors.shape[1]), dtype=np.float32)
+            out[chunk] = vectors
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)

@@ -12,10 +12,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundle import Bundle, BundleError, HistorySpec, OnnxRunner, TextModelEntry, TextTokenizer, choose_providers
+from bundle import (
+    Bundle,
+    BundleError,
+    ItemTokenRecommenderEntry,
+    OnnxRunner,
+    RecommenderRunner,
+    TextModelEntry,
+    TextTokenizer,
+    TextVectorRunner,
+    choose_providers,
+    read_item_vectors,
+)
 from service.cache import CachedDocuments, CachedRanker, ResultCache
-from service.engine import DocumentSource, Engine, EngineLimits, IndexDocuments, ModelRanker, Ranker
+from service.engine import (
+    DocumentSource,
+    Engine,
+    EngineLimits,
+    IndexDocuments,
+    ModelRanker,
+    Ranker,
+    RecommendQuery,
+)
 from service.index import LiveIndex
+from service.recommender import RecommendationRanker
 from service.redis_link import RedisLink
 from service.replication import LocalWriter, StreamWriter
 from service.settings import ServiceSettings
@@ -62,6 +82,7 @@ class Components:
     metrics: Metrics
     engine: Engine
     ranker: ModelRanker
+    recommendations: RecommendationRanker | None
     writer: LocalWriter | StreamWriter
     store: DocumentStore
     providers: list[str]
@@ -88,13 +109,19 @@ class Components:
         store_path = settings.store_path or default_store_path(bundle)
         store = DocumentStore(store_path, bundle_fingerprint=bundle.fingerprint, first_row=len(table),
                               index_version=manifest.index_version, synchronous=settings.store_synchronous)
-        index = await asyncio.to_thread(LiveIndex, table, trie, store)
+        recommender_entry = manifest.models.get("recommender")
+        item_vectors = None
+        if isinstance(recommender_entry, ItemTokenRecommenderEntry):
+            item_vectors = await asyncio.to_thread(read_item_vectors, bundle)
+        index = await asyncio.to_thread(LiveIndex, table, trie, store, item_vectors)
         providers = choose_providers(settings.execution_provider.value)
         # Each model reads its inputs cut where it was trained and parity-checked: the manifest's
         # max_input_length of its own entry. Models with the same length share one tokenizer.
         tokenizers: dict[int, TextTokenizer] = {}
         models: dict[str, OnnxRunner] = {}
         for name, entry in manifest.models.items():
+            if not isinstance(entry, TextModelEntry):
+                continue
             tokenizer = tokenizers.setdefault(entry.max_input_length,
                                               TextTokenizer(bundle.path(manifest.tokenizer), entry.max_input_length))
             models[name] = await asyncio.to_thread(
@@ -106,14 +133,31 @@ class Components:
                              batch_max_size=settings.batch_max_size,
                              batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
                              queue_max_depth=settings.queue_max_depth)
+        recommendations: RecommendationRanker | None = None
+        text_vectors = await asyncio.to_thread(TextVectorRunner.for_bundle, bundle, providers=providers,
+                                               intra_op_threads=settings.intra_op_threads)
+        if isinstance(recommender_entry, ItemTokenRecommenderEntry):
+            runner = await asyncio.to_thread(
+                RecommenderRunner.for_bundle, bundle, providers=providers,
+                intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
+            exclude = (recommender_entry.exclude_history if settings.recommend_exclude_history is None
+                       else settings.recommend_exclude_history)
+            recommendations = RecommendationRanker(
+                runner, recommender_entry, index, metrics, exclude_history=exclude,
+                batch_max_size=settings.batch_max_size, batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
+                queue_max_depth=settings.queue_max_depth)
         # Warm up: the first onnxruntime run of a session allocates; keep that out of request latency.
         for name in searchers:
             await asyncio.to_thread(ranker.rank_now, name, [("warm up", 1)])
+        if recommendations is not None and len(index.snapshot):
+            await asyncio.to_thread(recommendations.rank_now, [RecommendQuery(
+                recommendations.history_of_rows([0]), 1, recommendations.entry.default_mode)])
         await asyncio.to_thread(models["indexer"].greedy_codes, ["warm up"], 1)
         front_ranker: Ranker = ranker
         documents: DocumentSource = IndexDocuments(index)
         links: list[RedisLink] = []
         writer: LocalWriter | StreamWriter
+        result_cache: ResultCache | None = None
         replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         if settings.redis_url:
             link = RedisLink(settings.redis_url, timeout_s=settings.redis_timeout_s,
@@ -125,6 +169,7 @@ class Components:
             if settings.cache_ttl_s > 0:
                 cache = ResultCache(link, namespace=f"lmindexer:v1:{bundle.fingerprint}",
                                     ttl_s=settings.cache_ttl_s, metrics=metrics)
+                result_cache = cache
                 front_ranker = CachedRanker(ranker, cache)
                 documents = CachedDocuments(documents, cache)
             writer = StreamWriter(index, link=link, read_link=read_link,
@@ -143,8 +188,11 @@ class Components:
                                             max_history_items=settings.max_history_items,
                                             max_batch_documents=settings.max_batch_documents,
                                             max_text_chars=settings.max_text_chars),
-                        history=_history(manifest.models.get("recommender")), models=list(searchers))
+                        recommender=recommendations, models=list(searchers), text_vectors=text_vectors,
+                        cache=result_cache)
         ranker.start()
+        if recommendations is not None:
+            recommendations.start()
         await writer.start()
         # Everything loaded so far lives as long as the process: keep it out of every later GC pass
         # (a full collection over a large bundle's objects is a latency spike).
@@ -156,12 +204,14 @@ class Components:
                     settings.indexer_precision, _redact(settings.redis_url) if settings.redis_url else "off",
                     store_path)
         return cls(settings=settings, bundle=bundle, metrics=metrics, engine=engine, ranker=ranker,
-                   writer=writer, store=store, providers=providers, indexer_precision=precision,
-                   links=links)
+                   recommendations=recommendations, writer=writer, store=store, providers=providers,
+                   indexer_precision=precision, links=links)
 
     async def stop(self) -> None:
         """Stop background tasks and close connections and the store."""
         await self.ranker.stop()
+        if self.recommendations is not None:
+            await self.recommendations.stop()
         await self.writer.stop()
         for link in self.links:
             await link.close()
@@ -186,11 +236,6 @@ class Components:
                 "models": sorted(self.bundle.manifest.models), "execution_providers": self.providers,
                 "indexer_precision": self.indexer_precision,
                 "replication": self.writer.status(), "started_at": self.started_at}
-
-
-def _history(entry: object) -> HistorySpec | None:
-    """The recommender's history rule, None without a history-text recommender."""
-    return entry.history if isinstance(entry, TextModelEntry) else None
 
 
 def _redact(url: str) -> str:

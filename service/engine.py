@@ -16,11 +16,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from bundle import HistorySpec, OnnxRunner
+from bundle import RECOMMEND_MODES, History, OnnxRunner, TextVectorRunner
 from service.batching import MicroBatcher
 from service.errors import (
     BadRequestError,
@@ -33,7 +33,11 @@ from service.errors import (
 from service.index import IndexedDocument, LiveIndex, NewDocument, UpdateOutcome
 from service.schemas import DocumentBody, SearchHit, encode_document, encode_hits
 from service.telemetry import Metrics
-from trie import FALLBACK_PREFIXES, constrained_beam_search
+from trie import FALLBACK_PREFIXES, CounterExhaustedError, assign_ids, constrained_beam_search
+
+if TYPE_CHECKING:
+    from service.cache import ResultCache
+    from service.recommender import RecommendationRanker
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,15 @@ class IndexWriter(Protocol):
     """Apply index updates durably (locally, or through the Redis stream to every replica)."""
 
     async def write(self, documents: list[NewDocument]) -> UpdateOutcome: ...
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One /recommend input: the history (oldest first), k and the ranking mode."""
+
+    history: History
+    k: int
+    mode: str
 
 
 @dataclass(frozen=True)
@@ -151,26 +164,34 @@ class ModelRanker:
         return run
 
     def _hits(self, model: str, snapshot: Any, result: Any, j: int, k: int) -> list[SearchHit]:
-        hits = []
-        for rank in range(min(k, int(result.counts[j]))):
-            semantic_id = tuple(int(c) for c in result.semantic_ids[j, rank])
-            document = snapshot.document_at(int(result.rows[j, rank]))
-            if document is None or document.semantic_id != semantic_id:
-                # Must never happen: the beam search only walks the trie. Counted, never returned.
-                self._metrics.invalid_ids.labels(model=model).inc()
-                logger.error("beam search produced an ID not in the index: %s", semantic_id)
-                continue
-            score = float(result.scores[j, rank])
-            if not math.isfinite(score):
-                # -inf: a code the model gives probability 0 (the trie allowed it, the model did not); it
-                # would rank last anyway, and JSON has no -inf. Counted, never returned.
-                self._metrics.nonfinite_scores.labels(model=model).inc()
-                logger.warning("dropped a hit scored %s by the %s model: %s", score, model, semantic_id)
-                continue
-            hits.append(SearchHit(doc_id=document.doc_id, score=score, semantic_id=list(semantic_id),
-                                  document=DocumentBody(doc_id=document.doc_id, text=document.text,
-                                                        metadata=document.metadata)))
-        return hits
+        return ranked_hits(self._metrics, model, snapshot, result.rows[j], result.semantic_ids[j], result.scores[j],
+                           int(result.counts[j]), k)
+
+
+def ranked_hits(metrics: Metrics, model: str, snapshot: Any, rows: np.ndarray, semantic_ids: np.ndarray,
+                scores: np.ndarray, count: int, k: int) -> list[SearchHit]:
+    """The hits of one ranking: rows (n,) trie rows, semantic_ids (n, L + 1), scores (n,), the first
+    ``count`` valid; at most ``k``. An ID not in the index or a non-finite score is counted, never returned."""
+    hits = []
+    for rank in range(min(k, count)):
+        semantic_id = tuple(int(c) for c in semantic_ids[rank])
+        document = snapshot.document_at(int(rows[rank]))
+        if document is None or document.semantic_id != semantic_id:
+            # Must never happen: the beam search only walks the trie. Counted, never returned.
+            metrics.invalid_ids.labels(model=model).inc()
+            logger.error("beam search produced an ID not in the index: %s", semantic_id)
+            continue
+        score = float(scores[rank])
+        if not math.isfinite(score):
+            # -inf: a code the model gives probability 0 (the trie allowed it, the model did not); it
+            # would rank last anyway, and JSON has no -inf. Counted, never returned.
+            metrics.nonfinite_scores.labels(model=model).inc()
+            logger.warning("dropped a hit scored %s by the %s model: %s", score, model, semantic_id)
+            continue
+        hits.append(SearchHit(doc_id=document.doc_id, score=score, semantic_id=list(semantic_id),
+                              document=DocumentBody(doc_id=document.doc_id, text=document.text,
+                                                    metadata=document.metadata)))
+    return hits
 
 
 class IndexDocuments:
@@ -220,8 +241,9 @@ class Engine:
     """The service's operations, independent of HTTP."""
 
     def __init__(self, *, index: LiveIndex, ranker: Ranker, documents: DocumentSource, writer: IndexWriter,
-                 indexer: OnnxRunner, metrics: Metrics, limits: EngineLimits, history: HistorySpec | None,
-                 models: Sequence[str]) -> None:
+                 indexer: OnnxRunner, metrics: Metrics, limits: EngineLimits,
+                 recommender: RecommendationRanker | None, models: Sequence[str],
+                 text_vectors: TextVectorRunner | None = None, cache: ResultCache | None = None) -> None:
         self.index = index
         self._ranker = ranker
         self._documents = documents
@@ -229,7 +251,10 @@ class Engine:
         self._indexer = indexer
         self._metrics = metrics
         self.limits = limits
-        self._history = history  # the recommender's input rule (the bundle manifest's), None without one
+        self._recommender = recommender  # None without a recommender in the bundle
+        # The recommender's own text encoder; None: the indexer's encoder run makes the vectors.
+        self._text_vectors = text_vectors
+        self._cache = cache  # Redis result cache (recommendations keyed by their input and the index version)
         self._models = set(models)
         # One indexer call at a time: it already uses every core.
         self._indexer_slot = asyncio.Semaphore(1)
@@ -262,50 +287,99 @@ class Engine:
         text = self._check_text(query, "query")
         return SearchOutcome(await self._ranker.rank("retriever", text, k))
 
-    def history_input(self, history: list[str] | None, history_texts: list[str] | None) -> tuple[str, list[str]]:
-        """The recommender's input and the warnings: the manifest's rule (bundle.HistorySpec.text) on the texts.
+    async def recommend(self, history: list[str] | None, history_texts: list[str] | None, k: int,
+                        mode: str | None = None) -> SearchOutcome:
+        """The top-k next items for a user's history (the item-token recommender; service/recommender.py).
 
-        ``history`` (doc_ids) and ``history_texts`` are both oldest first, as clients keep them.
-        Unknown doc_ids are skipped and named in the warnings; when none is known: 404.
+        ``history`` (doc_ids) and ``history_texts`` are both oldest first, as clients keep them. Unknown
+        doc_ids are skipped and named in the warnings; when none is known: 404. The model reads the
+        ``max_history`` most recent items (the manifest's), a warning says so when more were given; items
+        of the whole history are excluded from the results when the exclude-history setting is on.
+        ``mode``: generative or hybrid; None: the manifest's default_mode.
         """
+        recommender = self._recommender
+        if recommender is None:
+            raise NotFoundError("this bundle has no recommender model; POST /recommend is not available")
         if (history is None) == (history_texts is None):
-            raise BadRequestError("give exactly one of history (doc_ids) or history_texts")
+            raise BadRequestError("give exactly one of history (doc_ids) or history_texts",
+                                  details=[{"loc": ["body", "history"], "msg": "give history or history_texts"}])
+        field_name = "history" if history is not None else "history_texts"
         items = history if history is not None else history_texts
         assert items is not None
         if not items:
-            raise BadRequestError("history must not be empty")
+            raise BadRequestError(f"{field_name} must not be empty",
+                                  details=[{"loc": ["body", field_name], "msg": "must hold at least one item"}])
         if len(items) > self.limits.max_history_items:
-            raise BadRequestError(f"history has {len(items)} items; the limit is {self.limits.max_history_items}")
+            raise BadRequestError(f"{field_name} has {len(items)} items; the limit is {self.limits.max_history_items}",
+                                  details=[{"loc": ["body", field_name], "msg": "too many items"}])
+        mode = mode or recommender.entry.default_mode
+        if mode not in RECOMMEND_MODES:
+            raise BadRequestError(f"mode {mode!r} is not one of {list(RECOMMEND_MODES)}",
+                                  details=[{"loc": ["body", "mode"], "msg": f"unknown mode {mode!r}"}])
         warnings: list[str] = []
+        max_history = recommender.entry.max_history
+        snapshot = self.index.snapshot
         if history is not None:
-            snapshot = self.index.snapshot
-            texts, unknown = [], []
+            rows: list[int] = []
+            unknown: list[str] = []
             for doc_id in history:
-                text = snapshot.text_of(doc_id)
-                if text is None:
+                row = snapshot.row_of_doc_id(doc_id)
+                if row is None:
                     unknown.append(doc_id)
                 else:
-                    texts.append(text)
-            if not texts:
+                    rows.append(row)
+            if not rows:
                 raise NotFoundError(f"none of the history's doc_ids is indexed: {unknown[:20]}",
                                     details=[{"unknown_doc_ids": unknown[:100]}])
             if unknown:
                 warnings.append(f"skipped {len(unknown)} unknown doc_id(s): {unknown[:20]}")
+            items_read = len(rows)
+            request: dict[str, Any] = {"rows": rows, "k": k, "mode": mode}
         else:
             texts = [normalise_text(t) for t in items]
             if not all(texts):
-                raise BadRequestError("history_texts must not hold empty or whitespace-only texts")
-        if self._history is None:
-            raise NotFoundError("this bundle has no recommender model; POST /recommend is not available")
-        kept = texts[-self._history.max_items:]  # the rule keeps these; normalise only them
-        return self._history.text([normalise_text(t) for t in kept]), warnings
+                raise BadRequestError("history_texts must not hold empty or whitespace-only texts",
+                                      details=[{"loc": ["body", "history_texts"], "msg": "empty text"}])
+            items_read = len(texts)
+            request = {"texts": texts[-max_history:], "k": k, "mode": mode}
+        if items_read > max_history:
+            warnings.append(f"the model reads the {max_history} most recent of the {items_read} history items")
+        key = self._cache.key("recommend", snapshot.version, request) if self._cache is not None else None
+        if self._cache is not None and key is not None:
+            cached = await self._cache.get("result", key)
+            if cached is not None:
+                return SearchOutcome(Ranking(cached, snapshot.version, cached=True), warnings)
+        if history is not None:
+            user_history = recommender.history_of_rows(request["rows"])
+        else:
+            user_history = await self._history_of_texts(request["texts"])
+        ranking = await recommender.rank(RecommendQuery(user_history, k, mode))
+        if self._cache is not None:
+            # under the version the ranking was computed against (see CachedRanker.rank)
+            await self._cache.set(self._cache.key("recommend", ranking.index_version, request), ranking.results_json)
+        return SearchOutcome(ranking, warnings)
 
-    async def recommend(self, history: list[str] | None, history_texts: list[str] | None, k: int) -> SearchOutcome:
-        """The top-k next items for a user's history (recommender model)."""
-        if "recommender" not in self._models:
-            raise NotFoundError("this bundle has no recommender model; POST /recommend is not available")
-        text, warnings = self.history_input(history, history_texts)
-        return SearchOutcome(await self._ranker.rank("recommender", text, k), warnings)
+    def _codes_and_vectors(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy codes (B, L), fallback codes (B, A) and, with a recommender, text vectors (B, D) of texts
+        (docs/bundle.md: the indexer's encoder run, or the recommender's text encoder). Blocking."""
+        own_encoder = self._text_vectors is not None
+        codes, ranked, vectors = self._indexer.index_texts(
+            texts, FALLBACK_PREFIXES, vectors=self._recommender is not None and not own_encoder)
+        if self._recommender is not None and self._text_vectors is not None:
+            vectors = self._text_vectors.vectors(texts)
+        return codes, ranked, vectors
+
+    async def _history_of_texts(self, texts: list[str]) -> History:
+        """Items given by their texts: the indexer's encoder gives their vectors (mean-pooled, as training's)
+        and greedy codes; the ID is the one a new document would get (next free counter), not stored."""
+        async with self._indexer_slot:
+            codes, ranked, vectors = await asyncio.to_thread(self._codes_and_vectors, texts)
+        trie = self.index.snapshot.trie
+        try:
+            ids = assign_ids(trie, codes, ranked)
+        except CounterExhaustedError:  # every candidate prefix is full: the learned codes still describe the item
+            ids = np.concatenate([codes, np.zeros((len(codes), 1), dtype=np.int64)], axis=1)
+        return History(vectors, ids)
 
     async def document_json(self, doc_id: str) -> bytes:
         """A document by doc_id as JSON bytes; 404 when unknown."""
@@ -353,10 +427,12 @@ class Engine:
                        if (snapshot.document(doc_id) is None or snapshot.text_of(doc_id) != text)]
         codes = np.zeros((0, 0), dtype=np.int64)
         ranked = np.zeros((0, 0), dtype=np.int64)
+        vectors = np.zeros((0, 0), dtype=np.float32)
         if needs_codes:
             texts = [normalise_text(documents[i][1]) for i in needs_codes]
+            # With a recommender, each new document's text vector comes from the same encoder run.
             async with self._indexer_slot:
-                codes, ranked = await asyncio.to_thread(self._indexer.greedy_codes, texts, FALLBACK_PREFIXES)
+                codes, ranked, vectors = await asyncio.to_thread(self._codes_and_vectors, texts)
         position = {i: j for j, i in enumerate(needs_codes)}
         new_documents = []
         for i, (doc_id, text, metadata) in enumerate(documents):
@@ -364,7 +440,8 @@ class Engine:
             new_documents.append(NewDocument(
                 doc_id, text, metadata,
                 codes=() if j is None else tuple(int(c) for c in codes[j]),
-                alternatives=() if j is None else tuple(int(c) for c in ranked[j])))
+                alternatives=() if j is None else tuple(int(c) for c in ranked[j]),
+                vector=() if j is None else tuple(float(v) for v in vectors[j])))
         outcome = await self._writer.write(new_documents)
         if outcome.error is not None:
             error = ConflictError if outcome.error_type == ConflictError.error_type else IndexFullError
@@ -374,4 +451,5 @@ class Engine:
 
 
 __all__ = ["DocumentSource", "Engine", "EngineLimits", "IndexDocuments", "IndexWriter", "IndexingOutcome",
-           "ModelRanker", "Ranker", "Ranking", "SearchOutcome", "ServiceError", "normalise_text"]
+           "ModelRanker", "Ranker", "Ranking", "RecommendQuery", "SearchOutcome", "ServiceError", "normalise_text",
+           "ranked_hits"]

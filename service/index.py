@@ -51,17 +51,19 @@ class NewDocument:
     metadata: dict[str, Any]
     codes: tuple[int, ...]  # the greedy learned codes, levels 0..L-1
     alternatives: tuple[int, ...] = ()  # last-level codes by decreasing probability (fallback prefixes)
+    vector: tuple[float, ...] = ()  # the recommender's text vector (float32 values); () without a recommender
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form carried by the Redis stream."""
+        """The JSON form carried by the Redis stream (the vector too: every replica stores the writer's)."""
         return {"doc_id": self.doc_id, "text": self.text, "metadata": self.metadata,
-                "codes": list(self.codes), "alternatives": list(self.alternatives)}
+                "codes": list(self.codes), "alternatives": list(self.alternatives), "vector": list(self.vector)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NewDocument:
         """Inverse of ``as_dict``."""
         return cls(str(data["doc_id"]), str(data["text"]), dict(data.get("metadata") or {}),
-                   tuple(int(c) for c in data["codes"]), tuple(int(c) for c in data.get("alternatives", ())))
+                   tuple(int(c) for c in data["codes"]), tuple(int(c) for c in data.get("alternatives", ())),
+                   tuple(float(v) for v in data.get("vector", ())))
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class IndexSnapshot:
     bundle: DocumentTable
     added_by_row: dict[int, StoredDocument] = field(default_factory=dict)
     row_of_added: dict[str, int] = field(default_factory=dict)
+    bundle_vectors: np.ndarray | None = None  # (N, D) float32 item vectors of the bundle's rows, or None
 
     def __len__(self) -> int:
         return len(self.trie)
@@ -116,6 +119,21 @@ class IndexSnapshot:
         row = self.row_of_doc_id(doc_id)
         return None if row is None else self.document_at(row)
 
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """The text vectors (n, D) float32 of trie rows (bundle_vectors, or the stored vector of an added or
+        changed document). Zeros for a row without one (a document stored before a recommender was served)."""
+        assert self.bundle_vectors is not None, "the bundle has no item vectors"
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(rows), self.bundle_vectors.shape[1]), dtype=np.float32)
+        in_bundle = (rows >= 0) & (rows < len(self.bundle_vectors))
+        out[in_bundle] = self.bundle_vectors[rows[in_bundle]]
+        if self.added_by_row:  # added or changed documents: their stored vector (a changed one overrides)
+            for i, row in enumerate(rows.tolist()):
+                added = self.added_by_row.get(row)
+                if added is not None:
+                    out[i] = added.vector if added.vector is not None else 0.0
+        return out
+
     def text_of(self, doc_id: str) -> str | None:
         """The text of a document (the model input for recommendation), or None."""
         row = self.row_of_doc_id(doc_id)
@@ -128,7 +146,8 @@ class IndexSnapshot:
 class LiveIndex:
     """The mutable holder of the current ``IndexSnapshot``; ``apply`` is its only writer."""
 
-    def __init__(self, bundle: DocumentTable, trie: SemanticIdTrie, store: DocumentStore) -> None:
+    def __init__(self, bundle: DocumentTable, trie: SemanticIdTrie, store: DocumentStore,
+                 bundle_vectors: np.ndarray | None = None) -> None:
         self._store = store
         state = store.load()
         self._next_row = max(state.next_row, len(bundle))
@@ -146,7 +165,7 @@ class LiveIndex:
             ids = np.asarray([d.semantic_id for d in state.documents], dtype=np.int64)
             rows = np.asarray([d.row for d in state.documents], dtype=np.int64)
             trie = trie.with_inserted(ids, rows)
-        self.snapshot = IndexSnapshot(trie, state.index_version, bundle, added_by_row, row_of_added)
+        self.snapshot = IndexSnapshot(trie, state.index_version, bundle, added_by_row, row_of_added, bundle_vectors)
         logger.info("index loaded: %d bundle documents, %d added or changed, version %d",
                     len(bundle), len(state.documents), state.index_version)
 
@@ -160,6 +179,13 @@ class LiveIndex:
                 return None
             out.append(IndexedDocument(doc_id, existing.semantic_id, "unchanged"))
         return out
+
+    @staticmethod
+    def _vector_of(snapshot: IndexSnapshot, row: int) -> np.ndarray | None:
+        """The stored text vector of a row (kept when only the metadata changes)."""
+        if snapshot.bundle_vectors is None:
+            return None
+        return snapshot.vectors_of(np.asarray([row]))[0]
 
     @staticmethod
     def _free_id(trie: SemanticIdTrie, doc: NewDocument, taken: set[tuple[int, ...]]) -> tuple[int, ...]:
@@ -197,7 +223,7 @@ class LiveIndex:
                     status = "unchanged" if existing.metadata == doc.metadata else "metadata_updated"
                     if status == "metadata_updated":
                         stored.append(StoredDocument(doc.doc_id, existing_row, doc.text, doc.metadata,
-                                                     existing.semantic_id))
+                                                     existing.semantic_id, self._vector_of(snapshot, existing_row)))
                     outcomes.append(IndexedDocument(doc.doc_id, existing.semantic_id, status))
                     continue
                 semantic_id = self._free_id(trie, doc, taken)
@@ -211,7 +237,8 @@ class LiveIndex:
                     next_row += 1
                 inserted.append(semantic_id)
                 inserted_rows.append(row)
-                stored.append(StoredDocument(doc.doc_id, row, doc.text, doc.metadata, semantic_id))
+                vector = np.asarray(doc.vector, dtype=np.float32) if doc.vector else None
+                stored.append(StoredDocument(doc.doc_id, row, doc.text, doc.metadata, semantic_id, vector))
                 outcomes.append(IndexedDocument(doc.doc_id, semantic_id, status))
         except (IndexFullError, ConflictError) as exc:
             if stream_id is not None:
@@ -239,5 +266,6 @@ class LiveIndex:
                 added_by_row[d.row] = d
                 row_of_added[d.doc_id] = d.row
             self._next_row = next_row
-            self.snapshot = IndexSnapshot(new_trie, version, snapshot.bundle, added_by_row, row_of_added)
+            self.snapshot = IndexSnapshot(new_trie, version, snapshot.bundle, added_by_row, row_of_added,
+                                          snapshot.bundle_vectors)
         return UpdateOutcome(outcomes, version)

@@ -107,7 +107,7 @@ async def recommend(body: RecommendRequest, engine: EngineDep) -> Response:
     """The k most likely next items for a history (oldest first); unknown doc_ids are skipped with a
     warning, and 404 names them when none is known."""
     started = time.perf_counter()
-    return _ranking_response(await engine.recommend(body.history, body.history_texts, body.k), started)
+    return _ranking_response(await engine.recommend(body.history, body.history_texts, body.k, body.mode), started)
 
 
 @router.post("/index-documents", response_model=IndexDocumentsResponse, tags=["indexing"],

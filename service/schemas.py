@@ -193,6 +193,12 @@ class RecommendRequest(BaseModel):
         None, description="Texts of the user's items, oldest first, for items the index does not hold. "
                           + TEXT_RULE + ".")
     k: K = 10
+    mode: str | None = Field(
+        None, max_length=32,
+        description="generative: the ID decoder's beam order; hybrid: the beam's candidates re-scored "
+                          "by the dense head ((1 - w) * generative + w * dense score, w of the bundle). "
+                          "Default: the bundle's models.recommender.default_mode (the better on validation). "
+                                         "Another value: 422 naming it.")
 
 
 class DocumentBody(BaseModel):

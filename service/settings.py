@@ -127,10 +127,14 @@ class ServiceSettings(BaseSettings):
         20, ge=1,
         description="Beams of the constrained beam search (at least k is used). More beams: better recall, "
                     "slower.")
+    recommend_exclude_history: bool | None = Field(
+        None, description="POST /recommend leaves out the items of the user's whole history (repeat purchases "
+                          "are a real use: false keeps them). Unset: the bundle's "
+                          "models.recommender.exclude_history.")
     max_query_chars: int = Field(2000, ge=1, description="Longest accepted query (characters); longer: 422.")
     max_history_items: int = Field(
         1000, ge=1, description="Longest accepted history list (only the most recent items, the manifest's "
-                               "models.recommender.history.max_items, reach the model); longer: 422.")
+                               "models.recommender.max_history, reach the model); longer: 422.")
     max_batch_documents: int = Field(
         1000, ge=1, description="Most documents in one /index-documents call; more: 413.")
     max_body_bytes: int = Field(

@@ -1,10 +1,11 @@
 """The durable document store: SQLite in WAL mode, one file per replica.
 
 It holds what the bundle does not: the documents added (or changed) through /index-documents, with
-their semantic IDs and trie rows, plus a few counters (index version, next free row, the last
-applied update of the Redis stream). Every update is one transaction, committed before the client
-is answered; with ``synchronous=FULL`` the WAL is fsynced at every commit (NORMAL survives kill -9,
-not a power loss). A batch is all-or-nothing because it is one transaction.
+their semantic IDs, trie rows and (with an item-token recommender) text vectors (float32 bytes), plus
+a few counters (index version, next free row, the last applied update of the Redis stream). Every
+update is one transaction, committed before the client is answered; with ``synchronous=FULL`` the
+WAL is fsynced at every commit (NORMAL survives kill -9, not a power loss).
+A batch is all-or-nothing because it is one transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.errors import BundleError
 from service.settings import SyncMode
 
@@ -30,7 +33,8 @@ CREATE TABLE IF NOT EXISTS documents (
     text        TEXT NOT NULL,
     metadata    TEXT NOT NULL,
     semantic_id TEXT NOT NULL,
-    index_version INTEGER NOT NULL
+    index_version INTEGER NOT NULL,
+    vector      BLOB
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -54,6 +58,7 @@ class StoredDocument:
     text: str
     metadata: dict[str, Any]
     semantic_id: tuple[int, ...]
+    vector: np.ndarray | None = None  # (D,) float32: the recommender's text vector; None without a recommender
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,9 @@ class DocumentStore:
         self._db.execute(f"PRAGMA synchronous={synchronous.value}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        if "vector" not in columns:  # a store written before text vectors were kept
+            self._db.execute("ALTER TABLE documents ADD COLUMN vector BLOB")
         stored = self._meta("bundle_fingerprint")
         if stored is None:
             self._write_meta({"bundle_fingerprint": bundle_fingerprint, "next_row": str(first_row),
@@ -127,11 +135,12 @@ class DocumentStore:
         """Every stored document (by row) and the counters."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT doc_id, row, text, metadata, semantic_id FROM documents ORDER BY row").fetchall()
+                "SELECT doc_id, row, text, metadata, semantic_id, vector FROM documents ORDER BY row").fetchall()
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         documents = [StoredDocument(doc_id, int(row), text, json.loads(metadata),
-                                    tuple(int(c) for c in json.loads(semantic_id)))
-                     for doc_id, row, text, metadata, semantic_id in rows]
+                                    tuple(int(c) for c in json.loads(semantic_id)),
+                                    None if vector is None else np.frombuffer(vector, dtype=np.float32).copy())
+                     for doc_id, row, text, metadata, semantic_id, vector in rows]
         return StoreState(documents=documents, index_version=int(meta["index_version"]),
                           next_row=int(meta["next_row"]), last_stream_id=meta.get("last_stream_id"))
 
@@ -139,7 +148,9 @@ class DocumentStore:
                       last_stream_id: str | None) -> None:
         """Write one update (a batch of documents and the new counters) as a single transaction."""
         values = [(d.doc_id, d.row, d.text, json.dumps(d.metadata, ensure_ascii=False),
-                   json.dumps(list(d.semantic_id)), index_version) for d in documents]
+                   json.dumps(list(d.semantic_id)), index_version,
+                   None if d.vector is None else np.asarray(d.vector, dtype=np.float32).tobytes())
+                  for d in documents]
         meta = {"index_version": str(index_version), "next_row": str(next_row)}
         if last_stream_id is not None:
             meta["last_stream_id"] = last_stream_id
@@ -147,10 +158,10 @@ class DocumentStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT INTO documents(doc_id, row, text, metadata, semantic_id, index_version) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET row = excluded.row, "
-                    "text = excluded.text, metadata = excluded.metadata, "
-                    "semantic_id = excluded.semantic_id, index_version = excluded.index_version",
+                    "INSERT INTO documents(doc_id, row, text, metadata, semantic_id, index_version, vector) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET row = excluded.row, "
+                    "text = excluded.text, metadata = excluded.metadata, semantic_id = excluded.semantic_id, "
+                    "index_version = excluded.index_version, vector = excluded.vector",
                     values)
                 self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
                 self._db.execute("COMMIT")

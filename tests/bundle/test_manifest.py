@@ -15,17 +15,26 @@ from bundle import (
     Bundle,
     BundleError,
     BundleManifest,
-    HistorySpec,
+    ItemTokenRecommenderEntry,
     TextModelEntry,
-    history_text,
+    TextVectorSpec,
 )
 from tests.service.tiny_bundle import untrained_manifest
+
+RECOMMENDER = ItemTokenRecommenderEntry(
+    kind="item_token_recommender", sequence_model="recommender/sequence_model.onnx",
+    decoder_step="recommender/decoder_step.onnx", dense_head="recommender/dense_head.onnx",
+    item_vectors="recommender/item_vectors.npy", hidden_size=16, max_history=20,
+    text_vectors=TextVectorSpec(dim=32, encoder="indexer network", max_input_length=48, pooling="mean",
+                                normalized=True, source="indexer", text_encoder_file=None, tokenizer_file=None,
+                                checked_items=0, max_abs_diff=0.0),
+    beam_size=20, default_mode="hybrid", hybrid_weight=0.3, exclude_history=True, parity=None, evaluation={})
 
 
 @pytest.fixture
 def manifest() -> BundleManifest:
     return untrained_manifest(num_levels=2, codebook_size=16, counter_size=64, num_documents=10, hidden_size=32,
-                              note="test", max_query_length=24, max_history_length=96, max_document_length=48)
+                              note="test", max_query_length=24, max_document_length=48, recommender=RECOMMENDER)
 
 
 def _raw(manifest: BundleManifest) -> dict:
@@ -36,16 +45,19 @@ def test_to_json_and_from_json_round_trip(manifest: BundleManifest) -> None:
     again = BundleManifest.from_json(manifest.to_json())
     assert again == manifest
     assert again.codebook_sizes == (16, 16, 64)
-    assert {role: entry.max_input_length for role, entry in again.models.items()} == {
-        "indexer": 48, "retriever": 24, "recommender": 96}
-    assert again.models["recommender"].history == HistorySpec(max_items=20, separator=". ", order="most_recent_first")
+    assert {role: entry.max_input_length for role, entry in again.models.items() if role != "recommender"} == {
+        "indexer": 48, "retriever": 24}
+    assert again.models["recommender"] == RECOMMENDER
     assert isinstance(again.models["retriever"], TextModelEntry) and MODEL_KINDS["text_to_id"] is TextModelEntry
+    assert MODEL_KINDS["item_token_recommender"] is ItemTokenRecommenderEntry
+    assert again.files()[-4:] == RECOMMENDER.files()
 
 
 @pytest.mark.parametrize("path", [
-    ("format_version",), ("semantic_ids",), ("semantic_ids", "counter_size"), ("models", "recommender", "history"),
-    ("models", "recommender", "max_input_length"), ("models", "indexer", "int8_encoder"), ("training_config",),
-    ("models", "retriever", "kind"), ("models", "recommender", "history", "separator"),
+    ("format_version",), ("semantic_ids",), ("semantic_ids", "counter_size"), ("models", "recommender", "max_history"),
+    ("models", "retriever", "max_input_length"), ("models", "indexer", "int8_encoder"), ("training_config",),
+    ("models", "retriever", "kind"), ("models", "recommender", "text_vectors", "pooling"),
+    ("models", "recommender", "default_mode"), ("models", "recommender", "hybrid_weight"),
 ])
 def test_a_missing_key_is_refused_by_name(manifest: BundleManifest, path: tuple[str, ...]) -> None:
     raw = _raw(manifest)
@@ -59,7 +71,7 @@ def test_a_missing_key_is_refused_by_name(manifest: BundleManifest, path: tuple[
 
 @pytest.mark.parametrize("path", [
     ("max_history_length",), ("models", "recommender", "max_history_length"), ("semantic_ids", "codebook_size"),
-    ("models", "recommender", "history", "order_by"),
+    ("models", "recommender", "text_vectors", "order_by"), ("models", "retriever", "history"),
 ])
 def test_an_unknown_key_is_refused_by_name(manifest: BundleManifest, path: tuple[str, ...]) -> None:
     raw = _raw(manifest)
@@ -71,7 +83,7 @@ def test_an_unknown_key_is_refused_by_name(manifest: BundleManifest, path: tuple
         BundleManifest.from_json(json.dumps(raw))
 
 
-@pytest.mark.parametrize("version", [1, 3, "2", None])
+@pytest.mark.parametrize("version", [1, 2, 4, "3", None])
 def test_another_format_version_is_refused_naming_both(manifest: BundleManifest, version: object) -> None:
     raw = _raw(manifest)
     raw["format_version"] = version
@@ -91,8 +103,9 @@ def test_a_version_1_manifest_is_refused_for_its_version_not_its_keys() -> None:
     (("models", "retriever", "pooling"), "mean", "pooling: 'mean' is not one of"),
     (("models", "retriever", "kind"), "item_sequence", "unknown model kind 'item_sequence'"),
     (("semantic_ids", "codebook_size_per_level"), [16], "must hold num_levels = 2 sizes"),
-    (("models", "retriever", "history"), {"max_items": 5, "separator": " ", "order": "most_recent_first"},
-     "models.retriever.history: set for the recommender only"),
+    (("models", "recommender", "default_mode"), "dense", "default_mode: 'dense' is not one of"),
+    (("models", "recommender", "hybrid_weight"), 1.5, "hybrid_weight must be in"),
+    (("models", "recommender", "text_vectors", "source"), "text_encoder", "text_encoder_file and tokenizer_file"),
 ])
 def test_wrong_values_are_refused_by_name(manifest: BundleManifest, path: tuple[str, ...], value: object,
                                           message: str) -> None:
@@ -111,6 +124,10 @@ def test_roles_are_checked(manifest: BundleManifest) -> None:
     del without_indexer["models"]["indexer"]
     with pytest.raises(BundleError, match="the indexer model is required"):
         BundleManifest.from_json(json.dumps(without_indexer))
+    text_recommender = copy.deepcopy(raw)
+    text_recommender["models"]["recommender"] = raw["models"]["retriever"]
+    with pytest.raises(BundleError, match="the recommender must be of kind 'item_token_recommender'"):
+        BundleManifest.from_json(json.dumps(text_recommender))
     raw["models"]["ranker"] = raw["models"]["retriever"]
     with pytest.raises(BundleError, match="unknown model 'ranker'"):
         BundleManifest.from_json(json.dumps(raw))
@@ -124,9 +141,3 @@ def test_opening_a_bundle_checks_every_named_file(bundle_dir: Path, tmp_path: Pa
         Bundle.open(tmp_path)
     with pytest.raises(BundleError, match="not a bundle"):
         Bundle.open(tmp_path / "nothing")
-
-
-def test_history_text_keeps_the_newest_items_most_recent_first() -> None:
-    assert history_text(["old", "mid", "new"], 2, ". ") == "new. mid"
-    assert history_text(["old", "mid", "new"], 0, " | ") == "new | mid | old"
-    assert HistorySpec(max_items=1, separator=". ", order="most_recent_first").text(["a", "b"]) == "b"

@@ -1,8 +1,9 @@
 """The bundle contract (docs/bundle.md), end to end: export a tiny bundle with every model (indexer, retriever,
-history-text recommender) with training's code, load it through bundle/ and through the service, and check
-that the service answers what the export's parity check decoded for the same inputs; that the ONNX graphs
-have the contract's signatures; that a new document gets the ID torch and the counter rule give; and that
-a manifest with a missing key, an unknown key or another format version stops `lmindexer serve`."""
+item-token recommender) with training's code, load it through bundle/ and through the service, and check
+that the service answers what the export's parity check decoded for the same inputs (/search and /recommend,
+both modes); that the ONNX graphs have the contract's signatures; that a new document gets the ID torch and
+the counter rule give; and that a manifest with a missing key, an unknown key or another format version stops
+`lmindexer serve`."""
 
 from __future__ import annotations
 
@@ -20,15 +21,18 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import BertConfig, BertModel
 
-from bundle import Bundle, HistorySpec, OnnxRunner
+from bundle import Bundle, History, OnnxRunner, RecommenderRunner, read_item_vectors
 from service.app import create_app
 from service.settings import ServiceSettings
 from training.data.amazon import items_as_documents, load_amazon
 from training.downstream.cold_start import greedy_codes
 from training.downstream.evaluate import TorchModel, beam_search
-from training.downstream.export import BundleModel, check_parity, export_bundle
-from training.encoder import load_tokenizer
+from training.downstream.export import BundleModel, RecommenderModel, check_parity, export_bundle
+from training.encoder import load_tokenizer, mean_pool
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
+from training.recommendation import export as recommender_export
+from training.recommendation.model import Recommender
+from training.recommendation.settings import RecommenderSettings
 from trie import SemanticIdTrie, constrained_beam_search, next_free_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +45,10 @@ QUERIES = [
     "perfume",
 ]
 # Each model reads its own length: the service must cut every input where its model was trained.
-LENGTHS = {"indexer": 32, "retriever": 20, "recommender": 48}
-HISTORY = HistorySpec(max_items=3, separator=". ", order="most_recent_first")
+LENGTHS = {"indexer": 32, "retriever": 20}
+MAX_HISTORY = 3
+# Histories of 1 to 5 items (longer than max_history: the model reads the newest); rows, oldest first.
+HISTORIES = [list(range(i, i + n)) for i, n in ((0, 1), (5, 2), (10, 3), (20, 5), (40, 4), (50, 2))]
 
 
 def tiny_network(seed: int) -> SemanticIdNetwork:
@@ -53,20 +59,34 @@ def tiny_network(seed: int) -> SemanticIdNetwork:
     return SemanticIdNetwork(config, encoder=encoder).eval()
 
 
+def item_vectors(network: SemanticIdNetwork, texts: list[str]) -> np.ndarray:
+    """Training's text vectors for LMIndexer IDs: the indexer's encoder, mean-pooled and normalised."""
+    tokenizer = load_tokenizer()
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=LENGTHS["indexer"], return_tensors="pt")
+        states = network.encode(batch["input_ids"], batch["attention_mask"])
+        return torch.nn.functional.normalize(mean_pool(states, batch["attention_mask"]), dim=-1).numpy()
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, dict[str, SemanticIdNetwork]]:
+def exported(tmp_path_factory) -> tuple[Path, dict]:
     documents = items_as_documents(load_amazon())[:60]
     rng = np.random.default_rng(3)
     learned = rng.permutation(np.array([(a, b) for a in range(16) for b in range(16)]))[:50]
     learned = np.concatenate([learned, learned[:10]])
     ids = np.concatenate([learned, np.r_[np.zeros(50), np.ones(10)][:, None]], axis=1).astype(np.int64)
-    networks = {"indexer": tiny_network(1), "retriever": tiny_network(2), "recommender": tiny_network(3)}
+    networks: dict = {"indexer": tiny_network(1), "retriever": tiny_network(2)}
     texts = [d.text for d in documents]
-    models = {name: BundleModel(network, texts[:30], LENGTHS[name],
-                                history=HISTORY if name == "recommender" else None)
-              for name, network in networks.items()}
+    models = {name: BundleModel(network, texts[:30], LENGTHS[name]) for name, network in networks.items()}
+    torch.manual_seed(4)
+    settings = RecommenderSettings(d_model=16, num_heads=2, num_layers=1, max_history=MAX_HISTORY, dropout=0.0)
+    networks["recommender"] = Recommender(32, (16, 16, 4), settings).eval()
+    recommender = RecommenderModel(
+        model=networks["recommender"], vectors=item_vectors(networks["indexer"], texts),
+        parity_histories=[np.asarray(h) for h in HISTORIES], beam_size=20, default_mode="hybrid", hybrid_weight=0.4,
+        exclude_history=True, text_encoder="the indexer network's encoder", text_max_length=LENGTHS["indexer"])
     out = tmp_path_factory.mktemp("contract") / "bundle"
-    export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2")
+    export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2", recommender=recommender)
     return out, networks
 
 
@@ -94,10 +114,17 @@ def _parity_decode(bundle: Bundle, networks: dict[str, SemanticIdNetwork], name:
 def test_the_manifest_records_every_model_and_its_input_settings(exported) -> None:
     bundle = Bundle.open(exported[0])
     manifest = bundle.manifest
-    assert manifest.format_version == 2 and manifest.codebook_sizes == (16, 16, 4)
-    assert {name: entry.max_input_length for name, entry in manifest.models.items()} == LENGTHS
-    assert manifest.models["recommender"].history == HISTORY
-    for entry in manifest.models.values():
+    assert manifest.format_version == 3 and manifest.codebook_sizes == (16, 16, 4)
+    text_models = {name: entry for name, entry in manifest.models.items() if name != "recommender"}
+    assert {name: entry.max_input_length for name, entry in text_models.items()} == LENGTHS
+    recommender = manifest.models["recommender"]
+    assert recommender.kind == "item_token_recommender" and recommender.max_history == MAX_HISTORY
+    assert (recommender.default_mode, recommender.hybrid_weight, recommender.exclude_history) == ("hybrid", 0.4, True)
+    assert recommender.parity is not None and recommender.parity.top_k_identical
+    assert recommender.parity.max_abs_diff <= 1e-4 and recommender.parity.inputs == len(HISTORIES)
+    assert recommender.text_vectors.source == "indexer" and recommender.text_vectors.max_abs_diff <= 1e-3
+    assert read_item_vectors(bundle).shape == (60, 32)
+    for entry in text_models.values():
         assert entry.kind == "text_to_id" and entry.beam_size == 20 and entry.pooling == "cross_attention"
         assert entry.parity is not None and entry.parity.top_k_identical and entry.parity.inputs == 30
     assert manifest.models["indexer"].int8_encoder is not None  # measured, written or not
@@ -106,6 +133,8 @@ def test_the_manifest_records_every_model_and_its_input_settings(exported) -> No
 def test_graphs_have_the_signatures_of_the_contract(exported) -> None:
     bundle = Bundle.open(exported[0])
     for name, entry in bundle.manifest.models.items():
+        if name == "recommender":
+            continue
         int8 = entry.int8_encoder.file if entry.int8_encoder is not None else None
         # The int8 encoder (indexer only) has the fp32 encoder's signature: int8 weights, float32 states.
         for encoder_file in (entry.encoder, int8) if int8 else (entry.encoder,):
@@ -122,7 +151,27 @@ def test_graphs_have_the_signatures_of_the_contract(exported) -> None:
         assert entry.hidden_size == 32, name
 
 
-@pytest.mark.parametrize("name", ["retriever", "recommender"])
+def test_the_recommenders_graphs_have_the_signatures_of_the_contract(exported) -> None:
+    bundle = Bundle.open(exported[0])
+    entry = bundle.manifest.models["recommender"]
+
+    def signature(file: str) -> tuple[list, list]:
+        session = onnxruntime.InferenceSession(str(bundle.path(file)), providers=["CPUExecutionProvider"])
+        return ([(i.name, i.type, len(i.shape)) for i in session.get_inputs()],
+                [(o.name, o.type, len(o.shape)) for o in session.get_outputs()])
+
+    assert signature(entry.sequence_model) == (
+        [("vectors", "tensor(float)", 3), ("codes", "tensor(int64)", 3), ("padding", "tensor(bool)", 2)],
+        [("hidden", "tensor(float)", 2)])
+    assert signature(entry.decoder_step) == (
+        [("hidden", "tensor(float)", 2), ("codes", "tensor(int64)", 3), ("level", "tensor(int64)", 0)],
+        [("log_probs", "tensor(float)", 3)])
+    assert signature(entry.dense_head) == (
+        [("hidden", "tensor(float)", 2), ("vectors", "tensor(float)", 3), ("codes", "tensor(int64)", 3)],
+        [("scores", "tensor(float)", 2)])
+
+
+@pytest.mark.parametrize("name", ["retriever"])
 def test_the_bundle_runner_decodes_what_the_torch_model_decodes(exported, name) -> None:
     bundle_dir, networks = exported
     bundle = Bundle.open(bundle_dir)
@@ -149,18 +198,26 @@ def test_search_answers_what_the_parity_check_decoded(exported, client) -> None:
         assert [hit["semantic_id"] for hit in response.json()["results"]] == decoded[q].tolist(), query
 
 
-def test_recommend_answers_what_the_parity_check_decoded(exported, client) -> None:
+@pytest.mark.parametrize("mode", ["generative", "hybrid", None])
+def test_recommend_answers_what_the_parity_check_decoded(exported, client, mode) -> None:
     bundle_dir, networks = exported
     bundle = Bundle.open(bundle_dir)
+    entry = bundle.manifest.models["recommender"]
     table = bundle.documents()
-    # Histories of 1 to 5 items (longer than max_items: the oldest are dropped); oldest first, as clients send.
-    histories = [table.doc_ids[i:i + n] for i, n in ((0, 1), (5, 2), (10, 3), (20, 5), (40, 4))]
-    texts = [HISTORY.text([table.texts[table.row_of_doc_id[d]] for d in history]) for history in histories]
-    decoded = _parity_decode(bundle, networks, "recommender", texts)
-    for h, history in enumerate(histories):
-        response = client.post("/recommend", json={"history": history, "k": 10})
+    vectors = read_item_vectors(bundle)
+    trie = SemanticIdTrie.load(bundle.trie_path)
+    histories = [History(vectors[h], table.semantic_ids[h]) for h in HISTORIES]
+    figures, decoded = recommender_export.check_parity(
+        networks["recommender"], RecommenderRunner.for_bundle(bundle), histories, trie, lambda rows: vectors[rows],
+        tolerance=1e-4, beam_size=entry.beam_size, hybrid_weight=entry.hybrid_weight, exclude_history=True)
+    assert figures.top_k_identical and figures.max_abs_diff <= 1e-4
+    ranking = decoded[mode or entry.default_mode]
+    for h, history in enumerate(HISTORIES):
+        body = {"history": [table.doc_ids[r] for r in history], "k": 10, **({"mode": mode} if mode else {})}
+        response = client.post("/recommend", json=body)
         assert response.status_code == 200, response.text
-        assert [hit["semantic_id"] for hit in response.json()["results"]] == decoded[h].tolist(), history
+        want = ranking.semantic_ids[h, : int(ranking.counts[h])].tolist()
+        assert [hit["semantic_id"] for hit in response.json()["results"]] == want, history
 
 
 def test_a_new_document_gets_the_id_of_the_torch_indexer_and_the_counter_rule(exported, client) -> None:
@@ -187,8 +244,8 @@ def _serve(bundle: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("edit, names", [
-    (lambda raw: raw["models"]["recommender"].pop("max_input_length"),
-     "missing key 'models.recommender.max_input_length'"),
+    (lambda raw: raw["models"]["recommender"].pop("max_history"),
+     "missing key 'models.recommender.max_history'"),
     (lambda raw: raw.update(max_history_length=128), "unknown key 'max_history_length'"),
     (lambda raw: raw["models"]["indexer"].update(encoder_int8="indexer/encoder.onnx"),
      "unknown key 'models.indexer.encoder_int8'"),

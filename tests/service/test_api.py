@@ -70,7 +70,10 @@ def test_recommend_with_history_and_history_texts(client: TestClient) -> None:
     assert by_ids.status_code == 200 and len(by_ids.json()["results"]) == 4
     texts = [client.get(f"/documents/{d}").json()["text"] for d in ("D000001", "D000002")]
     by_texts = client.post("/recommend", json={"history_texts": texts, "k": 4})
-    assert [h["doc_id"] for h in by_ids.json()["results"]] == [h["doc_id"] for h in by_texts.json()["results"]]
+    assert by_texts.status_code == 200 and len(by_texts.json()["results"]) == 4
+    # Texts become items as new documents would (same vectors, IDs by the counter rule): the history's own
+    # documents are not known as such, so only the doc_id request excludes them.
+    assert not {"D000001", "D000002"} & {h["doc_id"] for h in by_ids.json()["results"]}
 
 
 def test_recommend_skips_unknown_history_items_with_a_warning(client: TestClient) -> None:
@@ -83,13 +86,6 @@ def test_recommend_skips_unknown_history_items_with_a_warning(client: TestClient
 
 def test_recommend_with_no_known_item_is_404_naming_them(client: TestClient) -> None:
     _assert_error(client.post("/recommend", json={"history": ["NOPE-1", "NOPE-2"]}), 404, "not_found", "NOPE-2")
-
-
-def test_history_order_is_oldest_first_and_the_newest_items_are_kept(client: TestClient) -> None:
-    engine = client.app.state.components.engine  # type: ignore[attr-defined]
-    text, _ = engine.history_input(None, [f"item {i}" for i in range(30)])
-    parts = text.split(". ")
-    assert parts[0] == "item 29" and len(parts) == 20 and parts[-1] == "item 10"
 
 
 @pytest.mark.parametrize("payload, mentions", [
@@ -118,6 +114,8 @@ def test_malformed_json_is_422(client: TestClient) -> None:
     ({"history": ["D000001"], "history_texts": ["x"]}, "exactly one"),
     ({"history_texts": ["  "]}, "empty"),
     ({"history": [1, 2]}, "history"),
+    ({"history": ["D000001"], "mode": "dense"}, "dense"),
+    ({"history": ["D000001"], "mode": "Hybrid"}, "mode"),
 ])
 def test_bad_recommend_requests_are_422(client: TestClient, payload: dict, mentions: str) -> None:
     _assert_error(client.post("/recommend", json=payload), 422, "validation_error", mentions)
@@ -215,7 +213,7 @@ def test_ops_endpoints(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["store_writable"] is True
     assert ready.json()["redis"] == "not configured"
     info = client.get("/info").json()
-    assert info["manifest"]["format_version"] == 2 and info["num_documents"] >= 300
+    assert info["manifest"]["format_version"] == 3 and info["num_documents"] >= 300
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in ("lmindexer_requests_total", "lmindexer_request_duration_seconds", "lmindexer_queue_wait_seconds",

@@ -67,3 +67,45 @@ def test_unapplied_write_is_503_then_applied_and_replicas_agree(bundle_dir: Path
     reopened = _index(bundle_dir, tmp_path / "b.sqlite3")
     assert reopened.last_stream_id == b_index.last_stream_id
     assert reopened.snapshot.document("S2") == b_index.snapshot.document("S2")
+
+
+def test_the_stream_carries_each_documents_text_vector_to_every_replica(bundle_dir: Path, tmp_path: Path,
+                                                                       redis_url: str) -> None:
+    import numpy as np
+
+    from bundle import read_item_vectors
+
+    bundle = Bundle.open(bundle_dir)
+    vectors = read_item_vectors(bundle)
+
+    def index(name: str) -> LiveIndex:
+        table = bundle.documents()
+        store = DocumentStore(tmp_path / f"{name}.sqlite3", bundle_fingerprint=bundle.fingerprint,
+                              first_row=len(table), index_version=0)
+        return LiveIndex(table, SemanticIdTrie.load(bundle.trie_path), store, vectors)
+
+    a_index, b_index = index("a"), index("b")
+    vector = tuple(float(v) for v in np.linspace(-1.0, 1.0, vectors.shape[1], dtype=np.float32))
+
+    async def scenario() -> None:
+        a, b = _writer(a_index, redis_url, "a"), _writer(b_index, redis_url, "b")
+        await a.start()
+        await b.start()
+        outcome = await a.write([NewDocument("V1", "a vector document", {}, (3, 3), (3, 4), vector)])
+        assert outcome.error is None
+        for _ in range(50):
+            if b_index.snapshot.document("V1"):
+                break
+            await asyncio.sleep(0.05)
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(scenario())
+    for replica in (a_index, b_index):
+        row = replica.snapshot.row_of_doc_id("V1")
+        assert row is not None
+        np.testing.assert_array_equal(replica.snapshot.vectors_of(np.asarray([row]))[0], np.asarray(vector))
+    # durable in b's store: a restart reads it back
+    np.testing.assert_array_equal(index("b").snapshot.vectors_of(np.asarray([row]))[0], np.asarray(vector))
+    # a bundle row reads the bundle's vector
+    np.testing.assert_array_equal(b_index.snapshot.vectors_of(np.asarray([5]))[0], vectors[5])

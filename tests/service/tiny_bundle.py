@@ -26,10 +26,11 @@ import bundle.manifest as manifest_module
 from bundle import (
     FORMAT_VERSION,
     BundleManifest,
-    HistorySpec,
     Int8Encoder,
+    ItemTokenRecommenderEntry,
     SemanticIdSpec,
     TextModelEntry,
+    TextVectorSpec,
     write_manifest,
 )
 from trie import SemanticIdTrie
@@ -130,33 +131,64 @@ def _export_graphs(encoder: TinyEncoder, decoder: TinyDecoderStep, folder: Path)
                       opset_version=17)
 
 
+def untrained_recommender(out_dir: Path, vectors: np.ndarray, codebook_sizes: list[int], *, max_history: int = 20,
+                          d_model: int = 16, seed: int = 0, default_mode: str = "generative",
+                          hybrid_weight: float = 0.5) -> ItemTokenRecommenderEntry:
+    """An untrained item-token recommender (training's model, seeded random weights) exported by training's
+    export (``training.recommendation.export.export_onnx``) into ``out_dir/recommender``, with ``vectors``
+    (N, D), row i = document i, as its item vectors; returns its manifest entry (no parity figures)."""
+    import dataclasses
+
+    from training.recommendation.export import export_onnx
+    from training.recommendation.model import Recommender
+    from training.recommendation.settings import RecommenderSettings
+
+    torch.manual_seed(seed)
+    settings = dataclasses.replace(RecommenderSettings(), d_model=d_model, num_heads=2, num_layers=1,
+                                   max_history=max_history, dropout=0.0)
+    model = Recommender(int(vectors.shape[1]), codebook_sizes, settings).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        files = export_onnx(model, out_dir / "recommender", int(vectors.shape[1]))
+    np.save(out_dir / "recommender" / "item_vectors.npy", np.asarray(vectors, dtype=np.float32))
+    return ItemTokenRecommenderEntry(
+        kind="item_token_recommender", sequence_model=f"recommender/{files['sequence_model']}",
+        decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
+        item_vectors="recommender/item_vectors.npy", hidden_size=d_model, max_history=max_history,
+        text_vectors=TextVectorSpec(dim=int(vectors.shape[1]), encoder="the indexer's encoder", max_input_length=128,
+                                    pooling="mean", normalized=True, source="indexer", text_encoder_file=None,
+                                    tokenizer_file=None, checked_items=0,
+                                    max_abs_diff=0.0),
+        beam_size=20, default_mode=default_mode, hybrid_weight=hybrid_weight,  # type: ignore[arg-type]
+        exclude_history=True, parity=None, evaluation={})
+
+
 def untrained_manifest(*, num_levels: int, codebook_size: int, counter_size: int, num_documents: int, hidden_size: int,
-                  note: str, max_query_length: int = 64, max_history_length: int = 64, max_document_length: int = 128,
-                  int8_file: str | None = None, int8_agreement: dict | None = None) -> BundleManifest:
-    """The manifest of a bundle made for tests or benchmarks, not by the export: indexer, retriever and
-    recommender graphs at ``<role>/encoder.onnx`` and ``<role>/decoder_step.onnx``, no parity figures.
-    Each model's input length is its own: the retriever reads ``max_query_length`` tokens, the recommender
-    ``max_history_length``, the indexer ``max_document_length``."""
-    def entry(role: str, length: int, history: HistorySpec | None = None,
-              int8: Int8Encoder | None = None) -> TextModelEntry:
+                       note: str, recommender: ItemTokenRecommenderEntry | None = None, max_query_length: int = 64,
+                       max_document_length: int = 128, int8_file: str | None = None,
+                       int8_agreement: dict | None = None) -> BundleManifest:
+    """The manifest of a bundle made for tests or benchmarks, not by the export: indexer and retriever graphs
+    at ``<role>/encoder.onnx`` and ``<role>/decoder_step.onnx``, the ``recommender`` entry when given (see
+    ``untrained_recommender``), no parity figures. The retriever reads ``max_query_length`` tokens, the
+    indexer ``max_document_length``."""
+    def entry(role: str, length: int, int8: Int8Encoder | None = None) -> TextModelEntry:
         return TextModelEntry(kind="text_to_id", encoder=f"{role}/encoder.onnx",
                               decoder_step=f"{role}/decoder_step.onnx", hidden_size=hidden_size,
-                              max_input_length=length, pooling="cross_attention", beam_size=20, history=history,
+                              max_input_length=length, pooling="cross_attention", beam_size=20,
                               int8_encoder=int8, parity=None, evaluation={})
 
     int8 = (Int8Encoder(file=int8_file, agreement=int8_agreement, skipped=None) if int8_file
             else Int8Encoder(file=None, agreement=None, skipped="not made for this test bundle"))
+    models: dict = {"indexer": entry("indexer", max_document_length, int8=int8),
+                    "retriever": entry("retriever", max_query_length)}
+    if recommender is not None:
+        models["recommender"] = recommender
     return BundleManifest(
         format_version=FORMAT_VERSION, created_at="2026-11-21T12:00:00Z",
         semantic_ids=SemanticIdSpec(num_levels=num_levels, codebook_size_per_level=(codebook_size,) * num_levels,
                                     counter_size=counter_size),
         tokenizer="tokenizer.json", trie="trie.bin", documents="documents.jsonl", num_documents=num_documents,
-        index_version=0,
-        models={"indexer": entry("indexer", max_document_length, int8=int8),
-                "retriever": entry("retriever", max_query_length),
-                "recommender": entry("recommender", max_history_length,
-                                     HistorySpec(max_items=20, separator=". ", order="most_recent_first"))},
-        training_config={"note": note})
+        index_version=0, models=models, training_config={"note": note})
 
 
 def make_texts(count: int, seed: int = 0) -> list[str]:
@@ -177,8 +209,7 @@ def build_tiny_bundle(out_dir: Path, num_documents: int = 300, *, extra_random_i
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    models = {name: (TinyEncoder().eval(), TinyDecoderStep().eval())
-              for name in ("indexer", "retriever", "recommender")}
+    models = {name: (TinyEncoder().eval(), TinyDecoderStep().eval()) for name in ("indexer", "retriever")}
     shutil.copy(tokenizer_path(), out_dir / "tokenizer.json")
     texts = make_texts(num_documents, seed)
     tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
@@ -223,13 +254,23 @@ def build_tiny_bundle(out_dir: Path, num_documents: int = 300, *, extra_random_i
         documents.extend({"doc_id": f"R{start + j:08d}", "text": f"random document {j}", "metadata": {},
                           "semantic_id": list(sid)} for j, sid in enumerate(extra))
     ids = np.asarray([d["semantic_id"] for d in documents], dtype=np.int64)
+    # The recommender's item vectors: the indexer's encoder states, mean-pooled and normalised, as the
+    # service computes them for documents added later (bundle.recommendation.mean_pooled).
+    with torch.no_grad():
+        pooled = []
+        for d in documents:
+            token_ids = torch.tensor([tokenizer.encode(d["text"]).ids])
+            pooled.append(encoder(token_ids, torch.ones_like(token_ids)).mean(1)[0])
+        vectors = torch.nn.functional.normalize(torch.stack(pooled), dim=-1).numpy()
+    recommender = untrained_recommender(out_dir, vectors, CODEBOOK_SIZES, seed=seed)
     SemanticIdTrie.build(ids, codebook_sizes=CODEBOOK_SIZES).save(out_dir / "trie.bin")
     with open(out_dir / "documents.jsonl", "w", encoding="utf-8") as f:
         for d in documents:
             f.write(json.dumps(d) + "\n")
     write_manifest(out_dir, untrained_manifest(
         num_levels=NUM_LEVELS, codebook_size=CODEBOOK_SIZE, counter_size=COUNTER_SIZE, num_documents=len(documents),
-        hidden_size=HIDDEN, note=f"tiny random test bundle (tests/service/tiny_bundle.py), seed {seed}"))
+        hidden_size=HIDDEN, recommender=recommender,
+        note=f"tiny random test bundle (tests/service/tiny_bundle.py), seed {seed}"))
     return out_dir
 
 
@@ -240,7 +281,11 @@ def cached_tiny_bundle(cache_root: Path | None = None) -> Path:
     import tempfile
 
     # This file and the format it writes (bundle/manifest.py): either changing builds a fresh bundle.
-    sources = (Path(__file__), Path(manifest_module.__file__))
+    import training.recommendation.export as recommender_export
+    import training.recommendation.model as recommender_model
+
+    sources = (Path(__file__), Path(manifest_module.__file__), Path(recommender_export.__file__),
+               Path(recommender_model.__file__))
     digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
     root = cache_root or Path(__file__).resolve().parents[2] / ".cache"
     target = root / f"tiny-bundle-{digest}"

@@ -11,6 +11,7 @@ from lmindexer.cli import main
 from training.config import load_config, preset_path
 from training.downstream.demo import beauty_subset, load_demo_config
 from training.downstream.finetune import FinetuneConfig
+from training.recommendation.settings import RecommenderSettings
 
 
 @pytest.mark.parametrize("preset", ["tiny", "quick", "integration"])
@@ -18,10 +19,12 @@ def test_demo_presets_and_the_finetune_presets_they_name_load(preset: str) -> No
     config = load_demo_config(preset)
     assert config.ids_method == "lmindexer"
     assert config.parity_inputs == 100
-    for name, overrides in ((config.retriever_preset, config.retriever_overrides),
-                            (config.recommender_preset, config.recommender_overrides)):
-        finetune = load_config(FinetuneConfig, preset_path("finetune", name), list(overrides))
-        assert finetune.steps >= 1
+    finetune = load_config(FinetuneConfig, preset_path("finetune", config.retriever_preset),
+                           list(config.retriever_overrides))
+    assert finetune.steps >= 1
+    recommender = load_config(RecommenderSettings, preset_path("recommender", config.recommender_preset),
+                              list(config.recommender_overrides))
+    assert recommender.max_epochs >= 1
 
 
 def test_the_subset_keeps_popular_items_and_users_with_three_of_them() -> None:
@@ -43,7 +46,7 @@ def test_build_demo_writes_a_working_bundle(tmp_path: Path, capsys) -> None:
                    "--set", "ids_method=\"hc\"", "--set", "ids_overrides=[]",
                    "--set", "num_items=40", "--set", "max_users=60",
                    "--set", "parity_inputs=10", "--set", "eval_queries=5",
-                   "--set", "retriever_overrides=[\"steps=4\"]", "--set", "recommender_overrides=[\"steps=4\"]"])
+                   "--set", "retriever_overrides=[\"steps=4\"]", "--set", "recommender_overrides=[\"max_epochs=2\"]"])
     assert status == 0
     assert "bundle" in capsys.readouterr().out
     bundle = Bundle.open(out)  # strict: every key, every named file
@@ -54,8 +57,11 @@ def test_build_demo_writes_a_working_bundle(tmp_path: Path, capsys) -> None:
     for name, entry in manifest.models.items():
         assert entry.parity is not None and entry.parity.top_k_identical and entry.parity.max_abs_diff <= 1e-4
         assert bool(entry.evaluation) == (name != "indexer")
-    # The recommender is served with the input settings it was fine-tuned with (the tiny preset's).
-    recommender = load_config(FinetuneConfig, preset_path("finetune", "tiny"), ["steps=4"])
-    assert manifest.models["recommender"].max_input_length == recommender.max_input_length
-    assert manifest.models["recommender"].history.max_items == recommender.max_history
+    # The recommender is the item-token one, served with the settings it was trained with (the tiny preset's);
+    # HC IDs came from a pretrained encoder's vectors, so the bundle carries that encoder for new items.
+    recommender = load_config(RecommenderSettings, preset_path("recommender", "tiny"), ["max_epochs=2"])
+    entry = manifest.models["recommender"]
+    assert entry.kind == "item_token_recommender" and entry.max_history == recommender.max_history
+    assert entry.text_vectors.source == "text_encoder" and entry.text_vectors.max_abs_diff <= 1e-3
+    assert entry.default_mode in ("generative", "hybrid") and "valid" in entry.evaluation
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # work files removed

@@ -58,7 +58,7 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
                                                     "tokenizer.json", "trie.bin"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size_per_level": [8, 8], "counter_size": 4}
     entries = {name: dict(entry) for name, entry in manifest["models"].items()}
     agreement = entries["indexer"]["int8_encoder"]["agreement"]
@@ -66,11 +66,11 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
     assert entries == {
         "indexer": {"kind": "text_to_id", "encoder": "indexer/encoder.onnx",
                     "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32, "max_input_length": 48,
-                    "pooling": "cross_attention", "beam_size": 20, "history": None, "evaluation": {},
+                    "pooling": "cross_attention", "beam_size": 20, "evaluation": {},
                     "int8_encoder": {"file": "indexer/encoder.int8.onnx", "agreement": agreement, "skipped": None}},
         "retriever": {"kind": "text_to_id", "encoder": "retriever/encoder.onnx",
                       "decoder_step": "retriever/decoder_step.onnx", "hidden_size": 32, "max_input_length": 24,
-                      "pooling": "cross_attention", "beam_size": 12, "history": None, "int8_encoder": None,
+                      "pooling": "cross_attention", "beam_size": 12, "int8_encoder": None,
                       "evaluation": {"ndcg@10": 0.5}},
     }
     # The int8 indexer encoder: measured on the indexer's 20 parity inputs, above the default minimum.
@@ -167,3 +167,52 @@ def test_invalid_or_duplicate_ids_are_refused_before_any_export(tmp_path: Path, 
     with pytest.raises(DuplicateSemanticIdError):
         _export(tmp_path / "bundle", (documents, duplicate))
     assert not (tmp_path / "bundle").exists()
+
+
+def _recommender(documents, indexer: SemanticIdNetwork, tolerance_noise: float = 0.0):  # type: ignore[no-untyped-def]
+    from training.downstream.export import RecommenderModel
+    from training.encoder import mean_pool
+    from training.recommendation.model import Recommender
+    from training.recommendation.settings import RecommenderSettings
+
+    tokenizer = load_tokenizer()
+    with torch.no_grad():
+        batch = tokenizer([d.text for d in documents], padding=True, truncation=True, max_length=48,
+                          return_tensors="pt")
+        states = indexer.encode(batch["input_ids"], batch["attention_mask"])
+        vectors = torch.nn.functional.normalize(mean_pool(states, batch["attention_mask"]), dim=-1).numpy()
+    torch.manual_seed(5)
+    model = Recommender(32, (8, 8, 4), RecommenderSettings(d_model=16, num_heads=2, num_layers=1, max_history=4,
+                                                           dropout=0.0)).eval()
+    histories = [np.arange(i, i + 1 + i % 4) for i in range(20)]
+    return RecommenderModel(model=model, vectors=vectors, parity_histories=histories, beam_size=20,
+                            default_mode="generative", hybrid_weight=0.5, exclude_history=True,
+                            text_encoder="the indexer's encoder", text_max_length=48)
+
+
+def test_a_recommender_that_fails_parity_is_not_written(tmp_path: Path, corpus, monkeypatch) -> None:
+    """The torch side of the recommender's parity check off by 1e-3: above the tolerance, refused; off by
+    2e-5, within it: written, near ties allowed to swap."""
+    from training.recommendation import export as recommender_export
+
+    documents, ids = corpus
+    indexer = tiny_network(1)
+    real_step = recommender_export.TorchGraphs.step
+    offsets = {"value": 1e-3}
+
+    def shifted_step(self, hidden, codes, level):  # type: ignore[no-untyped-def]
+        out = real_step(self, hidden, codes, level)
+        return out + offsets["value"] * np.random.default_rng(level).standard_normal(out.shape).astype(out.dtype)
+
+    monkeypatch.setattr(recommender_export.TorchGraphs, "step", shifted_step)
+    models = {"indexer": BundleModel(indexer, [d.text for d in documents[:10]], 48)}
+    out = tmp_path / "bundle"
+    with pytest.raises(ParityError, match="the recommender fails ONNX parity"):
+        export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2",
+                      recommender=_recommender(documents, indexer), indexer_int8=False)
+    assert not out.exists()
+    offsets["value"] = 2e-5
+    manifest = export_bundle(out, models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2",
+                             recommender=_recommender(documents, indexer), indexer_int8=False)
+    parity = manifest.models["recommender"].parity
+    assert parity.top_k_identical and parity.mismatched_inputs == 0 and 1e-5 < parity.max_abs_diff <= 1e-4

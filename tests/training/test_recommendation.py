@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.recommendation import HistoryExclusion
 from training.errors import ConfigError
 from training.recommendation.evaluate import (
-    HistoryExclusion,
     ScoredUsers,
     candidate_ranks,
     choose_hybrid_weight,
@@ -76,7 +76,7 @@ def test_history_exclusion_removes_exactly_the_history_items_from_the_beam():
     sizes = (2, 2, 2)
     trie = SemanticIdTrie.build(ids, codebook_sizes=list(sizes))
     # user 0 saw rows 1 and 1 again (a repeat) and 4; user 1 saw nothing
-    exclusion = HistoryExclusion([np.array([1, 4, 1]), np.array([], dtype=np.int64)], ids, sizes)
+    exclusion = HistoryExclusion([ids[[1, 4, 1]], ids[np.array([], dtype=np.int64)]], sizes)
 
     def step_fn(level, query, prefixes):
         out = np.full((len(query), 2), np.log(0.5))

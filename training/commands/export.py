@@ -1,9 +1,11 @@
 """`lmindexer export`: write a serving bundle (docs/bundle.md) from fine-tuned models.
 
-The bundle holds the indexer (the LMIndexer network of --ids, or --indexer, or else the retriever),
-the retriever and/or the recommender, the trie and documents of the task's corpus with their final
-IDs (cold-start documents indexed as the service would), and manifest.json with the evaluation
-figures found in each model's eval/metrics.json. ONNX parity is checked on --parity-inputs inputs per
+The bundle holds the indexer (the LMIndexer network of the IDs, or --indexer, or else the retriever),
+the retriever and/or the item-token recommender, the trie and documents (with a recommender: its
+items and the IDs it was trained with; else the retriever task's corpus with its final IDs, cold-start
+documents indexed as the service would), and manifest.json with the evaluation figures found in each
+model's eval/metrics.json (a recommender without one is evaluated on validation first: its default
+ranking mode and hybrid weight are chosen there). ONNX parity is checked on --parity-inputs inputs per
 model; a bundle that fails it is not written. The indexer's int8 encoder (for the service's
 /index-documents) is written too unless --no-indexer-int8, when its greedy codes agree with the fp32
 encoder's on at least --indexer-int8-min-agreement of the indexer's parity inputs.
@@ -16,7 +18,6 @@ import json
 import random
 from pathlib import Path
 
-from bundle import HistorySpec
 from training.errors import UserInputError
 
 HELP = "Export a serving bundle (ONNX graphs, trie, documents)."
@@ -25,7 +26,8 @@ HELP = "Export a serving bundle (ONNX graphs, trie, documents)."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retriever", type=Path, default=None, help="A `lmindexer finetune` output (retrieval).")
     parser.add_argument("--recommender", type=Path, default=None,
-                        help="A `lmindexer finetune` output (recommendation).")
+                        help="A `lmindexer finetune --task recommendation` output (the item-token recommender); "
+                             "its items are the bundle's documents.")
     parser.add_argument("--indexer", type=Path, default=None,
                         help="A saved network for document -> ID (default: the network of the IDs' learn-ids "
                              "output, else the retriever).")
@@ -47,61 +49,73 @@ def run(args: argparse.Namespace) -> int:
     # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer export --help` and argument
     # errors import this module to build the parser and must answer at once
     from training.downstream.experiment import final_ids, load_finetuned, load_task
-    from training.downstream.export import BundleModel, export_bundle, parity_summary
+    from training.downstream.export import BundleModel, export_bundle, load_recommender, parity_summary
     from training.downstream.finetune import load_indexer_network
-    from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
+    from training.downstream.tasks import load_id_source
     from training.encoder import load_tokenizer
     from training.indexing.network import SemanticIdNetwork
 
-    given = {name: path for name, path in (("retriever", args.retriever), ("recommender", args.recommender)) if path}
-    if not given:
+    if args.retriever is None and args.recommender is None:
         raise UserInputError("give --retriever and/or --recommender")
-    loaded = {name: load_finetuned(path) for name, path in given.items()}
-    records = {name: item[0] for name, item in loaded.items()}
-    if len({r["ids"] for r in records.values()}) != 1:
-        raise UserInputError("the models were fine-tuned on different ID tables")
-    first = next(iter(records.values()))
-    source = load_id_source(first["ids"])
-    cold = set().union(*(set(r["cold_documents"]) for r in records.values()))
-    # Documents: the corpus of the IDs (every task of a bundle indexes the same documents).
-    record, first_config, network = next(iter(loaded.values()))
-    task = load_task(record["dataset"], record.get("data_dir"), first_config)
-    documents, ids, _, _ = final_ids(task, source, cold, network.config)
     rng = random.Random(0)
+    models = {}
+    evaluation = {}
+    recommender = None
+    retriever = load_finetuned(args.retriever) if args.retriever is not None else None
+    if args.recommender is not None:
+        # The recommender's catalogue is the bundle's documents, with the IDs it was trained with.
+        documents, ids, recommender, metrics, rec_record = load_recommender(args.recommender, args.parity_inputs)
+        evaluation["recommender"] = metrics
+        source = load_id_source(rec_record["ids"])
+        if retriever is not None and str(load_id_source(retriever[0]["ids"]).directory) != str(source.directory):
+            raise UserInputError("the retriever and the recommender were trained on different ID tables")
+        counter_size = int(ids[:, -1].max()) + 1
+        counter_size = max(counter_size, recommender.model.codebook_sizes[-1])
+    else:
+        assert retriever is not None
+        record, config, network = retriever
+        source = load_id_source(record["ids"])
+        task = load_task(record["dataset"], record.get("data_dir"), config)
+        documents, ids, _, _ = final_ids(task, source, set(record["cold_documents"]), network.config)
+        counter_size = network.config.counter_size
     texts = [d.text for d in documents]
 
     def sample(pool: list[str]) -> list[str]:
         pool = pool or texts
         return rng.sample(pool, min(args.parity_inputs, len(pool)))
 
-    models = {}
-    evaluation = {}
-    counter_size = max(item[2].config.counter_size for item in loaded.values())
-    for model_name, (model_record, model_config, model_network) in loaded.items():
-        model_task = load_task(model_record["dataset"], model_record.get("data_dir"), model_config)
-        queries = [t for eval_set in model_task.eval_sets.values() for t in eval_set.texts]
-        history = (HistorySpec(max_items=model_config.max_history, separator=HISTORY_SEPARATOR,
-                                   order="most_recent_first")
-                   if model_name == "recommender" else None)
-        models[model_name] = BundleModel(model_network, sample(queries), model_config.max_input_length,
-                                         beam_size=model_config.beam_size, history=history)
-        metrics = given[model_name] / "eval" / "metrics.json"
-        if metrics.is_file():
-            evaluation[model_name] = json.loads(metrics.read_text(encoding="utf-8"))
+    if retriever is not None:
+        record, config, network = retriever
+        task = load_task(record["dataset"], record.get("data_dir"), config)
+        queries = [t for eval_set in task.eval_sets.values() for t in eval_set.texts]
+        models["retriever"] = BundleModel(network, sample(queries), config.max_input_length,
+                                          beam_size=config.beam_size)
+        metrics_file = args.retriever / "eval" / "metrics.json"
+        if metrics_file.is_file():
+            evaluation["retriever"] = json.loads(metrics_file.read_text(encoding="utf-8"))
     if args.indexer is not None:
         indexer = SemanticIdNetwork.load(args.indexer, counter_size=counter_size).eval()
     elif source.network_dir is not None:
         indexer = load_indexer_network(source.network_dir, counter_size)
+    elif retriever is not None:
+        indexer = retriever[2]
     else:
-        indexer = loaded["retriever"][2] if "retriever" in loaded else loaded["recommender"][2]
+        raise UserInputError(f"the IDs of {source.directory} ({source.method}) have no indexer network: give "
+                             "--indexer (a saved network mapping a document's text to its ID)")
     document_length = args.max_document_length or source.document_length
-    models["indexer"] = BundleModel(indexer, sample(texts), document_length, beam_size=first_config.beam_size)
-    tokenizer = load_tokenizer(network.config.encoder)
-    training_config = {"ids": str(source.directory), "method": source.method,
-                       **{n: r["config"] for n, r in records.items()}}
-    manifest = export_bundle(args.out, models, documents, ids, tokenizer, encoder=network.config.encoder,
+    # The indexer's parity check decodes its documents with the retriever's beam, else the default 20.
+    beam_size = retriever[1].beam_size if retriever is not None else 20
+    models["indexer"] = BundleModel(indexer, sample(texts), document_length, beam_size=beam_size)
+    tokenizer = load_tokenizer(indexer.config.encoder)
+    training_config = {"ids": str(source.directory), "method": source.method}
+    if retriever is not None:
+        training_config["retriever"] = retriever[0]["config"]
+    if args.recommender is not None:
+        training_config["recommender"] = rec_record["settings"]
+    manifest = export_bundle(args.out, models, documents, ids, tokenizer, encoder=indexer.config.encoder,
                              evaluation=evaluation, training_config=training_config, overwrite=args.overwrite,
-                             indexer_int8=args.indexer_int8, indexer_int8_min_agreement=args.indexer_int8_min_agreement)
+                             indexer_int8=args.indexer_int8, indexer_int8_min_agreement=args.indexer_int8_min_agreement,
+                             recommender=recommender)
     print(f"bundle {args.out}: {manifest.num_documents} documents, models {', '.join(manifest.models)}")
     for line in parity_summary(manifest):
         print(f"  {line}")

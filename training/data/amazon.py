@@ -196,7 +196,7 @@ class AmazonDataset:
 # Reading
 
 
-def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
+def open_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, decoded line without its newline); gzip is detected by magic bytes.
 
     Lines are decoded one by one so that undecodable bytes are reported with their line number.
@@ -238,7 +238,7 @@ def read_items(path: str | Path) -> dict[str, AmazonItem]:
     """
     path = Path(path)
     items: dict[str, AmazonItem] = {}
-    for line_no, line in _open_lines(path):
+    for line_no, line in open_lines(path):
         if not line.strip():
             continue
         try:
@@ -292,7 +292,7 @@ def read_user_sequences(
     path = Path(path)
     sequences: list[UserSequence] = []
     seen: set[str] = set()
-    for line_no, line in _open_lines(path):
+    for line_no, line in open_lines(path):
         parts = line.split()
         if not parts:
             continue

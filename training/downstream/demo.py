@@ -7,9 +7,11 @@ integration tests' bundle, `tiny` the quickest end-to-end run):
    them and users left with fewer than 3 items are dropped (leave-one-out needs 3);
 2. `learn-ids` on those items (LMIndexer by default; HC is used, with a warning, only if the
    LMIndexer method cannot be imported);
-3. fine-tune a retriever on document-as-query and title-as-query pairs, and a recommender on the
-   users' leave-one-out training pairs (history texts, most recent first -> next item's ID);
-4. evaluate both briefly (titles -> item for the retriever; validation users for the recommender);
+3. fine-tune a retriever on document-as-query and title-as-query pairs, and train the item-token
+   recommender (`training.recommendation`, preset `recommender_preset`) on the subset written as
+   P5 files (items and user sequences; leave-one-out, every item seen in training);
+4. evaluate both briefly (titles -> item for the retriever; `eval_queries` validation and test
+   users for the recommender, whose validation figures choose its default ranking mode);
 5. export the bundle (indexer + retriever + recommender), with ONNX parity, and the indexer's int8
    encoder when it agrees with the fp32 one (`indexer_int8`, `indexer_int8_min_agreement`).
 
@@ -29,24 +31,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundle import HistorySpec
 from training.config import config_to_dict, load_config, preset_path
-from training.data.amazon import AmazonDataset, UserSequence, load_amazon, write_items_corpus
+from training.data.amazon import AmazonDataset, UserSequence, load_amazon, open_lines, write_items_corpus
 from training.downstream.experiment import (
     EvalSet,
     Task,
     beauty_task,
     evaluate_task,
-    final_ids,
     finetune_task,
     load_finetuned,
 )
-from training.downstream.export import BundleModel, export_bundle
+from training.downstream.export import BundleModel, export_bundle, load_recommender
 from training.downstream.finetune import FinetuneConfig, load_indexer_network
-from training.downstream.tasks import HISTORY_SEPARATOR, load_id_source
+from training.downstream.tasks import load_id_source
 from training.encoder import load_tokenizer
 from training.errors import ConfigError
 from training.indexing.learning import learn_ids, resolve_method
+from training.recommendation.run import evaluate_model, fit
+from training.recommendation.settings import RecommenderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,10 @@ class DemoConfig:
     ids_overrides: tuple[str, ...] = field(default=(), metadata={"help": "learn-ids KEY=VALUE overrides."})
     retriever_preset: str = field(default="quick", metadata={"help": "finetune preset of the retriever."})
     retriever_overrides: tuple[str, ...] = field(default=(), metadata={"help": "Retriever KEY=VALUE overrides."})
-    recommender_preset: str = field(default="quick", metadata={"help": "finetune preset of the recommender."})
+    recommender_preset: str = field(default="tiny", metadata={
+        "help": "Preset of the item-token recommender (training/configs/recommender-<preset>.toml)."})
     recommender_overrides: tuple[str, ...] = field(default=(), metadata={
-        "help": "Recommender KEY=VALUE overrides."})
+        "help": "Recommender KEY=VALUE overrides (training.recommendation.settings.RecommenderSettings)."})
     eval_queries: int = field(default=200, metadata={"help": "Evaluation queries per model (0 = skip)."})
     parity_inputs: int = field(default=100, metadata={"help": "Inputs of the ONNX parity check per model."})
     max_document_length: int = field(default=128, metadata={"help": "Tokens of a document for the indexer."})
@@ -104,6 +107,19 @@ def beauty_subset(num_items: int, max_users: int) -> Any:
     items = {asin: item for asin, item in dataset.items.items() if asin in keep and asin in used}
     logger.info("demo subset: %d items, %d users", len(items), len(sequences))
     return AmazonDataset(items, sequences, dataset.items_path, dataset.sequences_path)
+
+
+def write_p5(dataset: AmazonDataset, directory: Path) -> tuple[Path, Path]:
+    """The subset as P5 files: its items' lines of the items file (same format) and `USER ITEM ...` lines."""
+    directory.mkdir(parents=True, exist_ok=True)
+    items_path, sequences_path = directory / "items.jsonl", directory / "user_sequence.txt"
+    with open(items_path, "w", encoding="utf-8") as out:
+        for _, line in open_lines(dataset.items_path):
+            if line.strip() and str(json.loads(line).get("asin", "")).strip() in dataset.items:
+                out.write(line + "\n")
+    sequences_path.write_text("".join(f"{u.user_id} {' '.join(u.items)}\n" for u in dataset.sequences),
+                              encoding="utf-8")
+    return items_path, sequences_path
 
 
 def _learn_ids(corpus: Path, out: Path, config: DemoConfig, progress: bool = True) -> dict[str, Any]:
@@ -149,30 +165,33 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
                          eval_sets={"titles": title_set}, titles=titles)
         retriever_config = load_config(FinetuneConfig, preset_path("finetune", config.retriever_preset),
                                        [*config.retriever_overrides, 'doc_as_query="on"', "cold_start_fraction=0.0"])
-        recommender_config = load_config(FinetuneConfig, preset_path("finetune", config.recommender_preset),
-                                         [*config.recommender_overrides, "cold_start_fraction=0.0"])
+        recommender_settings = load_config(RecommenderSettings, preset_path("recommender", config.recommender_preset),
+                                           [*config.recommender_overrides, "cold_start_fraction=0.0"])
         mark = time.perf_counter()
         finetune_task(retrieval, source, retriever_config, work / "retriever", progress=progress)
         timings["finetune_retriever"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        finetune_task(rec_task, source, recommender_config, work / "recommender", progress=progress)
-        timings["finetune_recommender"] = time.perf_counter() - mark
+        items_path, sequences_path = write_p5(dataset, work / "p5")
+        fit(items_path, sequences_path, work / "ids", recommender_settings, work / "recommender", progress=progress)
+        timings["train_recommender"] = time.perf_counter() - mark
         mark = time.perf_counter()
         evaluation: dict[str, Any] = {}
         if config.eval_queries:
             evaluation["retriever"] = evaluate_task(retrieval, work / "retriever", splits=("titles",),
                                                     max_queries=config.eval_queries, progress=progress)
-            evaluation["recommender"] = evaluate_task(rec_task, work / "recommender", splits=("valid", "test"),
-                                                      max_queries=config.eval_queries, progress=progress)
+        # validation chooses the recommender's default mode and hybrid weight (also without eval_queries)
+        evaluate_model(work / "recommender", splits=("valid", "test") if config.eval_queries else ("valid",),
+                       max_users=config.eval_queries)
         timings["evaluate"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         _, retriever_cfg, retriever = load_finetuned(work / "retriever")
-        _, recommender_cfg, recommender = load_finetuned(work / "recommender")
-        documents, ids, _, _ = final_ids(rec_task, source, set(), recommender.config)
+        documents, ids, recommender, recommender_metrics, _ = load_recommender(work / "recommender",
+                                                                              config.parity_inputs, config.seed)
+        evaluation["recommender"] = recommender_metrics
         if source.network_dir is not None:
-            indexer = load_indexer_network(source.network_dir, recommender.config.counter_size,
-                                           recommender_cfg.indexer_logit_temperature)
+            indexer = load_indexer_network(source.network_dir, retriever.config.counter_size,
+                                           retriever_cfg.indexer_logit_temperature)
             indexer_note = "the LMIndexer indexer network"
         else:  # no indexer network (HC / rq-VAE): the retriever maps a document's text to its ID
             indexer = retriever
@@ -180,22 +199,16 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         # The indexer reads documents as learn-ids did (its max_length), else the demo's setting.
         document_length = source.document_length if source.network_dir is not None else config.max_document_length
         texts = [d.text for d in documents]
-        valid = rec_task.eval_sets["valid"]
         count = config.parity_inputs
         parity = {
             "indexer": rng.sample(texts, min(count, len(texts))),
             "retriever": rng.sample([titles[d] for d in title_ids], min(count, len(title_ids))),
-            "recommender": rng.sample(valid.texts, min(count, len(valid.texts))),
         }
-        tokenizer = load_tokenizer(recommender.config.encoder)
-        history = HistorySpec(max_items=recommender_cfg.max_history, separator=HISTORY_SEPARATOR,
-                              order="most_recent_first")
+        tokenizer = load_tokenizer(retriever.config.encoder)
         models = {
             "indexer": BundleModel(indexer, parity["indexer"], document_length, beam_size=retriever_cfg.beam_size),
             "retriever": BundleModel(retriever, parity["retriever"], retriever_cfg.max_input_length,
                                      beam_size=retriever_cfg.beam_size),
-            "recommender": BundleModel(recommender, parity["recommender"], recommender_cfg.max_input_length,
-                                       beam_size=recommender_cfg.beam_size, history=history),
         }
         training_config = {
             "demo": config_to_dict(config),
@@ -203,14 +216,14 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
                     "num_documents": ids_record["num_documents"]},
             "indexer": indexer_note,
             "retriever": config_to_dict(retriever_cfg),
-            "recommender": config_to_dict(recommender_cfg),
+            "recommender": config_to_dict(recommender_settings),
         }
         timings_note = {k: round(v, 1) for k, v in timings.items()}
         manifest = export_bundle(
-            out_dir, models, documents, ids, tokenizer, encoder=recommender.config.encoder, evaluation=evaluation,
+            out_dir, models, documents, ids, tokenizer, encoder=retriever.config.encoder, evaluation=evaluation,
             training_config={**training_config, "wall_seconds": timings_note},
             overwrite=overwrite, indexer_int8=config.indexer_int8,
-            indexer_int8_min_agreement=config.indexer_int8_min_agreement,
+            indexer_int8_min_agreement=config.indexer_int8_min_agreement, recommender=recommender,
         )
         timings["export"] = time.perf_counter() - mark
         logger.info("build-demo done in %.1f s: %s", time.perf_counter() - started,

@@ -25,6 +25,7 @@ when everything, parity included, succeeded: a failed export leaves nothing at `
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import warnings
@@ -37,31 +38,43 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from bundle import (
     FORMAT_VERSION,
-    MODEL_ROLES,
+    RECOMMEND_MODES,
     BundleManifest,
-    HistorySpec,
+    History,
     Int8Encoder,
+    ItemTokenRecommenderEntry,
     OnnxRunner,
     ParityFigures,
+    RecommenderRunner,
     SemanticIdSpec,
     TextModelEntry,
     TextTokenizer,
+    TextVectorRunner,
+    TextVectorSpec,
     grouped_step_fn,
+    mean_pooled,
     write_documents,
     write_manifest,
 )
+from training.baselines.recommendation import RecData
+from training.data.amazon import items_as_documents
 from training.data.corpus import Document
 from training.downstream.cold_start import greedy_codes
 from training.downstream.evaluate import TorchModel, beam_search
-from training.encoder import resolve_encoder_path
+from training.encoder import load_encoder, mean_pool, resolve_encoder_path
 from training.errors import UserInputError
 from training.indexing.learning import staging_directory
 from training.indexing.network import SemanticIdNetwork
+from training.recommendation import export as recommender_export
+from training.recommendation.data import load_dataset
+from training.recommendation.model import Recommender
+from training.recommendation.run import evaluate_model, load_model
 from trie import SemanticIdTrie, constrained_beam_search
 
 logger = logging.getLogger(__name__)
@@ -90,7 +103,27 @@ class BundleModel:
     parity_inputs: Sequence[str]
     max_length: int  # tokens of its input text, [CLS] and [SEP] included
     beam_size: int = 20  # the beam width of its evaluation; the parity check decodes with it
-    history: HistorySpec | None = None  # the recommender's history rule (required for it, None otherwise)
+
+
+@dataclass(frozen=True)
+class RecommenderModel:
+    """The item-token recommender of a bundle (training/recommendation) and what its entry records.
+
+    vectors (N, D) float32: the text vectors it was trained with, in the bundle's document order
+    (row i = documents[i]); the service's vectors of new items must match them (checked through the
+    indexer's encoder, ``text_vector_tolerance``). parity_histories: document rows, oldest first.
+    """
+
+    model: Recommender
+    vectors: np.ndarray
+    parity_histories: Sequence[np.ndarray]
+    beam_size: int
+    default_mode: str
+    hybrid_weight: float
+    exclude_history: bool
+    text_encoder: str  # the encoder training's text vectors came from (a description)
+    text_max_length: int
+    text_vector_tolerance: float = 1e-3
 
 
 class _Encoder(nn.Module):
@@ -271,9 +304,19 @@ def write_int8_encoder(directory: Path, texts: Sequence[str], tokenizer: TextTok
 
 def parity_summary(manifest: BundleManifest) -> list[str]:
     """Lines for the CLI: each model's ONNX parity figures and its input length, then the int8 encoder's."""
-    lines = [f"{name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, top-{entry.parity.top_k} identical "
-             f"{entry.parity.top_k_identical}; inputs cut at {entry.max_input_length} tokens"
-             for name, entry in manifest.models.items() if entry.parity is not None]
+    lines = []
+    for name, entry in manifest.models.items():
+        if entry.parity is None:
+            continue
+        line = (f"{name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, top-{entry.parity.top_k} identical "
+                f"{entry.parity.top_k_identical}")
+        if isinstance(entry, TextModelEntry):
+            line += f"; inputs cut at {entry.max_input_length} tokens"
+        else:
+            line += (f" ({entry.parity.near_tie_swaps} near-tie swaps); histories cut at {entry.max_history} items, "
+                     f"default mode {entry.default_mode} (hybrid weight {entry.hybrid_weight:g}); text vectors "
+                     f"via the indexer encoder max |diff| {entry.text_vectors.max_abs_diff:.1e}")
+        lines.append(line)
     return [*lines, int8_summary(manifest)]
 
 
@@ -310,47 +353,56 @@ def export_bundle(
     overwrite: bool = False,
     indexer_int8: bool = True,
     indexer_int8_min_agreement: float = 0.9,
+    recommender: RecommenderModel | None = None,
 ) -> BundleManifest:
     """Write the bundle (docs/bundle.md) to `out_dir`; returns its manifest.
 
-    models: "indexer" (required) and "retriever" / "recommender" (at least one; the recommender with its
-    `history`); their networks must share num_levels and codebook_size, and the retriever / recommender
-    their counter size too (the indexer's counter head is not used by the service). Each model's input
-    settings (max_length, beam_size, history) go into its manifest entry.
+    models: the text models, "indexer" (required) and "retriever"; `recommender`: the item-token
+    recommender. A bundle needs a retriever or a recommender. The text networks must share num_levels
+    and codebook_size with the IDs, the retriever its counter size too (the indexer's counter head is
+    not used by the service). Each model's input settings (max_length, beam_size) go into its entry.
     documents and semantic_ids (N, L + 1): row i = trie row i = documents.jsonl line i.
     tokenizer: the Hugging Face tokenizer used for training; `encoder` names the folder whose
     tokenizer.json is copied into the bundle (the parity check requires both to give the same tokens).
     evaluation: each model's evaluation figures by role.
     indexer_int8: also write the indexer's int8 encoder when its greedy codes agree with the fp32
     encoder's on at least `indexer_int8_min_agreement` of the indexer's parity inputs (module docstring).
-    Raises ParityError (nothing written) when a model fails parity.
+    Raises ParityError (nothing written) when a model fails parity, or when the indexer's encoder,
+    mean-pooled, does not give the recommender's text vectors.
     """
     if "indexer" not in models:
         raise UserInputError("a bundle needs the indexer model")
-    if not {"retriever", "recommender"} & models.keys():
+    if "retriever" not in models and recommender is None:
         raise UserInputError("a bundle needs a retriever or a recommender model")
-    unknown = set(models) - set(MODEL_ROLES)
+    unknown = set(models) - {"indexer", "retriever"}
     if unknown:
-        raise UserInputError(f"unknown model names {sorted(unknown)}; expected {MODEL_ROLES}")
-    for name, model in models.items():
-        if (model.history is not None) != (name == "recommender"):
-            raise UserInputError(f"model {name}: a history rule is for the recommender, and it needs one")
+        raise UserInputError(f"unknown text model names {sorted(unknown)}; expected indexer, retriever")
     semantic_ids = np.asarray(semantic_ids, dtype=np.int64)
     if semantic_ids.shape[0] != len(documents):
         raise UserInputError(f"{semantic_ids.shape[0]} IDs for {len(documents)} documents")
-    served = [models[name].network.config for name in ("retriever", "recommender") if name in models]
-    reference = served[0]
-    codebook_sizes = list(reference.codebook_sizes)
+    if recommender is not None:
+        codebook_sizes = list(recommender.model.codebook_sizes)
+        if recommender.vectors.shape[0] != len(documents):
+            raise UserInputError(f"{recommender.vectors.shape[0]} recommender item vectors for {len(documents)} "
+                                 "documents")
+        if recommender.default_mode not in RECOMMEND_MODES:
+            raise UserInputError(f"default_mode {recommender.default_mode!r} is not one of {list(RECOMMEND_MODES)}")
+    else:
+        codebook_sizes = list(models["retriever"].network.config.codebook_sizes)
+    num_levels = len(codebook_sizes) - 1
     for name, model in models.items():
         config = model.network.config
-        if config.num_levels != reference.num_levels or config.codebook_size != reference.codebook_size:
-            raise UserInputError(f"model {name}: L={config.num_levels} K={config.codebook_size} differs from "
-                                 f"L={reference.num_levels} K={reference.codebook_size}")
-        if name != "indexer" and config.counter_size != reference.counter_size:
-            raise UserInputError(f"model {name}: counter size {config.counter_size} differs from "
-                                 f"{reference.counter_size}")
-    if semantic_ids.shape[1] != reference.num_levels + 1:
-        raise UserInputError(f"IDs have {semantic_ids.shape[1]} codes, the models {reference.num_levels + 1}")
+        if config.num_levels != num_levels or any(k != config.codebook_size for k in codebook_sizes[:-1]):
+            raise UserInputError(f"model {name}: L={config.num_levels} K={config.codebook_size} differs from the "
+                                 f"IDs' codebook sizes {codebook_sizes}")
+        # The retriever's counter head must cover every counter the trie may hold (new documents get counters
+        # up to the IDs' counter size, which the recommender's item tokens fix when there is one).
+        if name == "retriever" and (config.counter_size < codebook_sizes[-1]
+                                    or (recommender is None and config.counter_size != codebook_sizes[-1])):
+            raise UserInputError(f"model {name}: counter size {config.counter_size} does not fit the IDs' "
+                                 f"{codebook_sizes[-1]}")
+    if semantic_ids.shape[1] != num_levels + 1:
+        raise UserInputError(f"IDs have {semantic_ids.shape[1]} codes, the models {num_levels + 1}")
     if not indexer_int8_min_agreement >= 0:
         raise UserInputError(f"indexer_int8_min_agreement must be >= 0, got {indexer_int8_min_agreement}")
     trie = SemanticIdTrie.build(semantic_ids, codebook_sizes=codebook_sizes)  # raises on invalid / duplicate IDs
@@ -359,8 +411,8 @@ def export_bundle(
     with staging_directory(Path(out_dir), overwrite=overwrite) as stage:
         stage.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
         shutil.copyfile(resolve_encoder_path(encoder) / "tokenizer.json", stage / "tokenizer.json")
-        entries: dict[str, TextModelEntry] = {}
-        for name in MODEL_ROLES:
+        entries: dict[str, TextModelEntry | ItemTokenRecommenderEntry] = {}
+        for name in ("indexer", "retriever"):
             if name not in models:
                 continue
             model = models[name]
@@ -382,7 +434,7 @@ def export_bundle(
             entries[name] = TextModelEntry(
                 kind="text_to_id", encoder=f"{name}/{files['encoder']}", decoder_step=f"{name}/{files['decoder_step']}",
                 hidden_size=int(model.network.hidden_size), max_input_length=int(model.max_length),
-                pooling="cross_attention", beam_size=model.beam_size, history=model.history, int8_encoder=None,
+                pooling="cross_attention", beam_size=model.beam_size, int8_encoder=None,
                 parity=figures, evaluation=dict(evaluation.get(name, {})))
         # The fp32 graphs all passed parity; the int8 indexer encoder is an extra, with its own rule.
         indexer = models["indexer"]
@@ -397,6 +449,10 @@ def export_bundle(
             if int8.file is not None:
                 int8 = replace(int8, file=f"indexer/{int8.file}")
         entries["indexer"] = replace(entries["indexer"], int8_encoder=int8)
+        if recommender is not None:
+            entries["recommender"] = export_recommender(stage, recommender, documents, trie,
+                                                        models["indexer"].max_length, tolerance,
+                                                        dict(evaluation.get("recommender", {})))
         trie.save(stage / "trie.bin")
         write_documents(stage / "documents.jsonl",
                         ((d.doc_id, d.text, document_metadata(d), semantic_id)
@@ -404,9 +460,8 @@ def export_bundle(
         manifest = BundleManifest(
             format_version=FORMAT_VERSION,
             created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            semantic_ids=SemanticIdSpec(num_levels=reference.num_levels,
-                                        codebook_size_per_level=(reference.codebook_size,) * reference.num_levels,
-                                        counter_size=reference.counter_size),
+            semantic_ids=SemanticIdSpec(num_levels=num_levels, codebook_size_per_level=tuple(codebook_sizes[:-1]),
+                                        counter_size=codebook_sizes[-1]),
             tokenizer="tokenizer.json", trie="trie.bin", documents="documents.jsonl", num_documents=len(documents),
             index_version=0, models=entries, training_config=dict(training_config or {}))
         # Read back as the service will: the written manifest must parse strictly.
@@ -414,3 +469,157 @@ def export_bundle(
         write_manifest(stage, manifest)
     logger.info("wrote bundle %s (%d documents, models %s)", out_dir, len(documents), ", ".join(entries))
     return manifest
+
+
+def export_recommender(stage: Path, recommender: RecommenderModel, documents: Sequence[Document],
+                       trie: SemanticIdTrie, indexer_length: int, tolerance: float,
+                       evaluation: Mapping[str, Any]) -> ItemTokenRecommenderEntry:
+    """Write the recommender's graphs and item vectors into the staging bundle, check them, and return its entry.
+
+    Two checks, either failing raises ParityError: the ONNX graphs against the torch model
+    (`training.recommendation.export.check_parity`: max |diff| <= tolerance, identical top-10 up to
+    near ties, both modes), and the text vectors: the bundle's indexer encoder, mean-pooled and
+    normalised (what the service computes for a new document), against training's vectors of the
+    parity histories' items, max |diff| <= `text_vector_tolerance`.
+    """
+    model = recommender.model.cpu().eval()
+    directory = stage / "recommender"
+    vectors = np.ascontiguousarray(recommender.vectors, dtype=np.float32)  # (N, D)
+    files = recommender_export.export_onnx(model, directory, int(vectors.shape[1]))
+    np.save(directory / "item_vectors.npy", vectors)
+    runner = RecommenderRunner(directory / files["sequence_model"], directory / files["decoder_step"],
+                               directory / files["dense_head"], trie.codebook_sizes, model.max_history,
+                               intra_op_threads=2)
+    histories = [History(vectors[rows], trie.semantic_ids_of(np.asarray(rows, dtype=np.int64)))
+                 for rows in recommender.parity_histories]
+    figures, _ = recommender_export.check_parity(
+        model, runner, histories, trie, lambda rows: vectors[rows], tolerance=tolerance,
+        beam_size=recommender.beam_size, hybrid_weight=recommender.hybrid_weight,
+        exclude_history=recommender.exclude_history)
+    logger.info("recommender parity: max |diff| %.2e, top-10 agree %s (%d near-tie swaps, %d mismatches) on %d "
+                "histories", figures.max_abs_diff, figures.top_k_identical, figures.near_tie_swaps,
+                figures.mismatched_inputs, figures.inputs)
+    if not (figures.max_abs_diff <= tolerance and figures.top_k_identical):
+        raise ParityError(f"the recommender fails ONNX parity: max |diff| {figures.max_abs_diff:.3e} (tolerance "
+                          f"{tolerance:.0e}), {figures.mismatched_inputs} of {figures.inputs} histories rank "
+                          "differently beyond near ties; no bundle written")
+    # The service makes the vectors of new items and of history_texts with the indexer's encoder when it is
+    # the encoder that made training's vectors (LMIndexer IDs), else with the recommender's own text encoder.
+    items = sorted({int(r) for rows in recommender.parity_histories for r in rows})[:200]
+    texts = [documents[i].text for i in items]
+    indexer = OnnxRunner(stage / "indexer" / "encoder.onnx", stage / "indexer" / "decoder_step.onnx",
+                         TextTokenizer(stage / "tokenizer.json", indexer_length), trie.codebook_sizes,
+                         name="indexer", intra_op_threads=2)
+    vector_diff = _vector_diff(lambda chunk: mean_pooled(*_encoded(indexer, chunk)), texts, vectors[items])
+    logger.info("recommender text vectors through the indexer encoder: max |diff| %.2e on %d items", vector_diff,
+                len(items))
+    source, text_files = "indexer", (None, None)
+    if not vector_diff <= recommender.text_vector_tolerance:
+        logger.info("the indexer's encoder does not make the recommender's text vectors; exporting %s as the "
+                    "recommender's text encoder", recommender.text_encoder)
+        text_files = export_text_encoder(recommender.text_encoder, directory)
+        runner_text = TextVectorRunner(directory / "text_encoder.onnx",
+                                       TextTokenizer(directory / "tokenizer.json", recommender.text_max_length),
+                                       intra_op_threads=2)
+        vector_diff = _vector_diff(runner_text.vectors, texts, vectors[items])
+        source = "text_encoder"
+        logger.info("recommender text vectors through its text encoder: max |diff| %.2e", vector_diff)
+    if not vector_diff <= recommender.text_vector_tolerance:
+        raise ParityError(f"the bundle's text encoder does not give the recommender's text vectors (max |diff| "
+                          f"{vector_diff:.3e} > {recommender.text_vector_tolerance:g} on {len(items)} items; they "
+                          f"came from {recommender.text_encoder}): new items would read differently; no bundle written")
+    text_length = indexer_length if source == "indexer" else recommender.text_max_length
+    return ItemTokenRecommenderEntry(
+        kind="item_token_recommender", sequence_model=f"recommender/{files['sequence_model']}",
+        decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
+        item_vectors="recommender/item_vectors.npy", hidden_size=int(model.settings.d_model),
+        max_history=int(model.max_history),
+        text_vectors=TextVectorSpec(dim=int(vectors.shape[1]), encoder=recommender.text_encoder,
+                                    max_input_length=int(text_length), pooling="mean", normalized=True,
+                                    source=source,  # type: ignore[arg-type]
+                                    text_encoder_file=text_files[0], tokenizer_file=text_files[1],
+                                    checked_items=len(items), max_abs_diff=vector_diff),
+        beam_size=int(recommender.beam_size), default_mode=recommender.default_mode,  # type: ignore[arg-type]
+        hybrid_weight=float(recommender.hybrid_weight), exclude_history=bool(recommender.exclude_history),
+        parity=figures, evaluation=dict(evaluation))
+
+
+def choose_default_mode(metrics: Mapping[str, Any]) -> str:
+    """The ranking with the better validation NDCG@10 in a recommender's eval/metrics.json (generative on a tie)."""
+    valid = metrics["valid"]["all"]
+    return "hybrid" if valid["hybrid"]["ndcg@10"] > valid["generative"]["ndcg@10"] else "generative"
+
+
+def load_recommender(model_dir: Path, parity_inputs: int, seed: int = 0
+                     ) -> tuple[list[Document], np.ndarray, RecommenderModel, dict[str, Any], dict[str, Any]]:
+    """What a bundle takes from a `lmindexer finetune --task recommendation` output.
+
+    Returns the documents (its items, in catalogue order, rendered as training rendered them), their IDs
+    (N, L + 1), the RecommenderModel (the default mode and hybrid weight from its validation figures,
+    eval/metrics.json, computed on validation first when missing; parity histories: a seeded sample of
+    its test users' histories), the evaluation figures, and the model's record.
+    """
+    model_dir = Path(model_dir)
+    record, settings, model, catalogue = load_model(model_dir)
+    metrics_path = model_dir / "eval" / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    else:
+        logger.info("%s has no eval/metrics.json: evaluating on validation to choose the ranking mode", model_dir)
+        metrics = evaluate_model(model_dir, splits=("valid",))
+    dataset = load_dataset(Path(record["items_path"]), Path(record["sequences_path"]))
+    documents = items_as_documents(dataset)
+    if tuple(d.doc_id for d in documents) != catalogue.doc_ids:
+        raise UserInputError(f"{model_dir}: the items file {record['items_path']} no longer matches the saved "
+                             "catalogue")
+    histories = RecData.from_dataset(dataset).test_histories
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(histories), size=min(parity_inputs, len(histories)), replace=False)
+    recommender = RecommenderModel(
+        model=model, vectors=catalogue.vectors, parity_histories=[histories[i] - 1 for i in sorted(picked)],
+        beam_size=settings.beam_size, default_mode=choose_default_mode(metrics),
+        hybrid_weight=float(metrics["hybrid_weight"]), exclude_history=settings.exclude_history,
+        text_encoder=str(record["text_encoder"].get("encoder")),
+        text_max_length=int(record["text_encoder"].get("max_length", 0)))
+    return documents, catalogue.semantic_ids, recommender, metrics, record
+
+
+def _encoded(runner: OnnxRunner, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = runner.encode(texts)
+    return encoded.states, encoded.attention_mask
+
+
+def _vector_diff(make: Any, texts: Sequence[str], want: np.ndarray, chunk: int = 25) -> float:
+    """Largest |difference| between make(texts chunk) -> (n, D) and the expected vectors (N, D)."""
+    diff = 0.0
+    for start in range(0, len(texts), chunk):
+        got = make(list(texts[start:start + chunk]))
+        diff = max(diff, float(np.abs(got - want[start:start + chunk]).max()))
+    return diff
+
+
+class _TextVectors(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, D)
+        return F.normalize(mean_pool(states, attention_mask), dim=-1)  # (B, D), as training's text vectors
+
+
+@torch.no_grad()
+def export_text_encoder(encoder: str, directory: Path) -> tuple[str, str]:
+    """Write directory/text_encoder.onnx (input_ids, attention_mask (B, S) int64 -> vectors (B, D), mean-pooled
+    and L2-normalised) and directory/tokenizer.json of `encoder`; returns both paths relative to the bundle."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    model = _TextVectors(load_encoder(encoder).cpu().eval()).eval()
+    input_ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2178, 102, 0, 0, 0]])  # (2, 6)
+    torch.onnx.export(model, (input_ids, (input_ids != 0).long()), str(directory / "text_encoder.onnx"),
+                      input_names=["input_ids", "attention_mask"], output_names=["vectors"],
+                      dynamic_axes={"input_ids": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"},
+                                    "vectors": {0: "B"}},
+                      dynamo=False, opset_version=OPSET)
+    shutil.copyfile(resolve_encoder_path(encoder) / "tokenizer.json", directory / "tokenizer.json")
+    return f"{directory.name}/text_encoder.onnx", f"{directory.name}/tokenizer.json"

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from bundle import history_text
 from training.errors import ConfigError, DataFormatError
 from training.indexing.id_table import IdTable, read_ids_jsonl
 
@@ -170,13 +169,14 @@ def document_spans(text: str, count: int, max_words: int, rng: random.Random) ->
 
 
 HISTORY_SEPARATOR = ". "
-"""Joins a history's item texts in the recommender's input (the bundle records it: models.recommender.history)."""
+"""Joins a history's item texts in the history-text recommender's input (fine-tuning only; not served)."""
 
 
 def history_input(history_texts: Sequence[str], max_history: int, separator: str = HISTORY_SEPARATOR) -> str:
     """The recommendation input: the last `max_history` item texts (given oldest first), most recent
-    first, joined by `separator` (`bundle.history_text`, the rule the service applies too)."""
-    return history_text(history_texts, max_history, separator)
+    first, joined by `separator` (all of them when `max_history` is 0)."""
+    kept = list(history_texts[-max_history:]) if max_history > 0 else list(history_texts)
+    return separator.join(reversed(kept))
 
 
 def recommendation_examples(

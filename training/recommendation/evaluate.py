@@ -12,6 +12,8 @@ state at the most recent one. Then:
 
   where the dense log-probability is log softmax over the whole catalogue of the dense head's
   scores (so both terms are log-probabilities of the same event, "the next item is this one").
+  The rule is `bundle.recommendation.fuse`, the one the service ranks with (it passes the raw
+  dense scores: they differ by log Z, a constant per user, so the order is the same).
   w = 0 is the generative order, w = 1 re-ranks the beam by the dense head alone; w is chosen
   on validation NDCG@10 (`choose_hybrid_weight`), never on test. Ties keep beam order.
 - `dense` (a diagnostic, not a served mode): the whole catalogue ranked by the dense head.
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bundle.recommendation import HistoryExclusion, fuse
 from training.baselines.recommendation import rank_metrics
 from training.baselines.sasrec import left_pad
 from training.recommendation.items import ItemCatalogue
@@ -67,16 +70,6 @@ class ScoredUsers:
                            self.targets[keep], self.num_items)
 
 
-def fuse(generative: np.ndarray, dense: np.ndarray, weight: float) -> np.ndarray:
-    """The hybrid rule: (1 - weight) * generative + weight * dense, both log-probabilities (module doc).
-
-    A missing candidate (generative -inf) stays -inf whatever the weight.
-    """
-    present = np.isfinite(generative)
-    fused = (1.0 - weight) * np.where(present, generative, 0.0) + weight * np.where(present, dense, 0.0)
-    return np.where(present, fused, -np.inf)
-
-
 def candidate_ranks(rows: np.ndarray, scores: np.ndarray, targets: np.ndarray, num_items: int) -> np.ndarray:
     """1-based rank of each target among its candidates ordered by `scores` (descending; ties keep
     candidate order): rows, scores (Q, k); targets (Q,). A target not among them gets num_items + 1."""
@@ -103,45 +96,6 @@ def choose_hybrid_weight(scored: ScoredUsers, weights: Sequence[float]) -> tuple
     figures = {f"{w:g}": rank_metrics(ranks_for(scored, "hybrid", w))["ndcg@10"] for w in weights}
     best = max(weights, key=lambda w: (figures[f"{w:g}"], -w))
     return float(best), figures
-
-
-class HistoryExclusion:
-    """At the last level of the beam search, -inf for the counters that would complete a history item.
-
-    histories: per query, the catalogue rows of its history items; ids: (N, L + 1) the catalogue's IDs.
-    A beam's prefix (its query and its L learned codes) is packed into one int64 key and looked up
-    in the sorted keys of all (query, history item) pairs.
-    """
-
-    def __init__(self, histories: Sequence[np.ndarray], ids: np.ndarray, codebook_sizes: Sequence[int]) -> None:
-        self.radix = np.cumprod([1, *codebook_sizes[:-1][::-1]])[::-1].astype(np.int64)  # (L + 1,)
-        lengths = np.asarray([len(h) for h in histories], dtype=np.int64)
-        query = np.repeat(np.arange(len(histories), dtype=np.int64), lengths)
-        rows = np.concatenate(histories).astype(np.int64) if len(query) else np.zeros(0, dtype=np.int64)
-        keys = self._keys(query, ids[rows, :-1])
-        order = np.argsort(keys, kind="stable")
-        self.keys = keys[order]
-        self.counters = ids[rows, -1][order]
-
-    def _keys(self, query: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
-        # radix[0] = prod of all K_l: the query number sits above every packed prefix.
-        return query * self.radix[0] + (prefixes * self.radix[1:]).sum(axis=1)
-
-    def apply(self, query: np.ndarray, prefixes: np.ndarray, log_probs: np.ndarray) -> None:
-        """Set log_probs[i, counter] = -inf in place for beams i whose prefix + counter is a history item.
-
-        (The beam search may still return such an ID, scored -inf, when a query has fewer allowed
-        IDs than the beam: callers drop results scored -inf.)
-        """
-        keys = self._keys(query, prefixes)
-        lo = np.searchsorted(self.keys, keys, side="left")
-        hi = np.searchsorted(self.keys, keys, side="right")
-        counts = hi - lo
-        if not counts.any():
-            return
-        beam = np.repeat(np.arange(len(keys)), counts)
-        offset = np.arange(len(beam)) - np.repeat(np.cumsum(counts) - counts, counts)
-        log_probs[beam, self.counters[lo[beam] + offset]] = -np.inf
 
 
 def decoder_step_fn(model: Recommender, hidden: torch.Tensor, catalogue: ItemCatalogue,
@@ -196,7 +150,7 @@ def score_users(model: Recommender, tables: CatalogueTensors, catalogue: ItemCat
         target_scores = dense_logp[np.arange(len(target_rows)), target_rows]
         dense_ranks[start:start + len(target_rows)] = (dense_logp > target_scores[:, None]).sum(1) + 1
         # ID decoder: constrained beam search
-        exclusion = (HistoryExclusion(seen, catalogue.semantic_ids, catalogue.codebook_sizes)
+        exclusion = (HistoryExclusion([catalogue.semantic_ids[rows] for rows in seen], catalogue.codebook_sizes)
                      if exclude_history else None)
         step_fn = decoder_step_fn(model, hidden, catalogue, exclusion)
         result = constrained_beam_search(step_fn, trie, num_queries=len(batch_histories), beam_size=beam_size,

@@ -141,7 +141,8 @@ class Recommender(nn.Module):
             raise ValueError(f"{width} history items; the model reads at most {self.max_history}")
         positions = torch.arange(self.max_history - width, self.max_history, device=tokens.device)
         x = self.token_dropout(tokens + self.position(positions)) * (~padding).unsqueeze(-1)
-        eye = torch.eye(width, dtype=torch.bool, device=tokens.device)
+        # float eye, then bool: onnxruntime has no EyeLike for bool (the exported sequence model)
+        eye = torch.eye(width, device=tokens.device).bool()
         causal = torch.ones(width, width, dtype=torch.bool, device=tokens.device).tril()
         # Padding keys are hidden; a query always sees itself, so no softmax row is empty (NaN).
         mask = (causal & (~padding[:, None, :] | eye)).unsqueeze(1)  # (B, 1, W, W)
