@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from bundle.decoding import grouped_step_fn
 from bundle.directory import Bundle
 from bundle.errors import BundleError
 from bundle.manifest import RECOMMEND_MODES, ItemTokenRecommenderEntry
+from bundle.sessions import inference_session
 from trie import SemanticIdTrie, StepFn, constrained_beam_search
 
 
@@ -234,15 +234,10 @@ class RecommenderRunner:
         self.name = name
         self.codebook_sizes = tuple(int(s) for s in codebook_sizes)
         self.max_history = int(max_history)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        self._sequence = ort.InferenceSession(str(sequence_model), options, providers=list(providers))
-        self._decoder = ort.InferenceSession(str(decoder_step), options, providers=list(providers))
-        self._dense = ort.InferenceSession(str(dense_head), options, providers=list(providers))
+        session = {"intra_op_threads": intra_op_threads, "allow_spinning": allow_spinning}
+        self._sequence = inference_session(sequence_model, providers, **session)
+        self._decoder = inference_session(decoder_step, providers, **session)
+        self._dense = inference_session(dense_head, providers, **session)
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, **options: object) -> RecommenderRunner:

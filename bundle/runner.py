@@ -26,6 +26,7 @@ from bundle.directory import Bundle
 from bundle.errors import BundleError
 from bundle.manifest import ItemTokenRecommenderEntry, TextModelEntry
 from bundle.recommendation import mean_pooled
+from bundle.sessions import inference_session
 from trie import StepFn, greedy_codes
 
 logger = logging.getLogger(__name__)
@@ -100,16 +101,9 @@ class OnnxRunner:
         self.tokenizer = tokenizer
         self.codebook_sizes = tuple(int(s) for s in codebook_sizes)
         self.num_levels = len(self.codebook_sizes) - 1
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        # One batch at a time per model (the service's batcher serialises calls): inter-op threads only
-        # add contention on small machines.
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        self._encoder = ort.InferenceSession(str(encoder), options, providers=list(providers))
-        self._decoder = ort.InferenceSession(str(decoder_step), options, providers=list(providers))
+        session = {"intra_op_threads": intra_op_threads, "allow_spinning": allow_spinning}
+        self._encoder = inference_session(encoder, providers, **session)
+        self._decoder = inference_session(decoder_step, providers, **session)
         self.providers = self._encoder.get_providers()
 
     @classmethod
@@ -203,12 +197,8 @@ class TextVectorRunner:
 
     def __init__(self, encoder: Path, tokenizer: TextTokenizer, *, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
         self.tokenizer = tokenizer
-        self._session = ort.InferenceSession(str(encoder), options, providers=list(providers))
+        self._session = inference_session(encoder, providers, intra_op_threads=intra_op_threads)
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, **options: object) -> TextVectorRunner | None:
