@@ -19,7 +19,6 @@ retrying the batch is safe (idempotent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -32,6 +31,8 @@ from service.redis_link import RedisLink, RedisUnavailable
 from service.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 2.0  # the longest StreamWriter.stop waits for its consumer task to end
 
 
 def _count_indexed(metrics: Metrics, outcome: UpdateOutcome, source: str) -> None:
@@ -97,8 +98,11 @@ class StreamWriter:
         """Stop the consumer; pending writers get 503."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a cancelled Redis read can be slow to unwind (the client drops its connection), and
+            # shutting down must never hang on it; the task is abandoned after the wait, never resumed.
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:
+                logger.warning("the stream consumer did not stop within %.1f s; abandoning it", STOP_TIMEOUT_S)
             self._task = None
         for future in self._waiters.values():
             if not future.done():
