@@ -4,8 +4,6 @@ histories and recommended at once."""
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,37 +14,14 @@ from bundle import Bundle, read_item_vectors
 from lmindexer.cli import main
 from service.app import create_app
 from service.settings import ServiceSettings
+from tests.tiny_p5 import write_tiny_p5
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
-
-
-def _write_tiny_p5(root: Path) -> tuple[Path, Path, Path]:
-    """20 items (item 7 without a title), 40 users whose items follow i -> i + 1 (mod 20); HC-style IDs
-    (i % 5, i // 5, 0) over 2 levels of K = 5, vectors of the pretrained encoder at 32 tokens."""
-    items = []
-    for i in range(20):
-        record = {"asin": f"A{i:02d}", "p5_id": i + 1, "brand": f"brand{i % 4}",
-                  "categories": [["Beauty", ["Skin", "Hair", "Nails", "Makeup"][i % 4]]]}
-        if i != 7:
-            record["title"] = f"product number {i}"
-        items.append(record)
-    with gzip.open(root / "items.jsonl.gz", "wt", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in items)
-    lines = [f"U{u} " + " ".join(f"A{(u % 20 + k) % 20:02d}" for k in range(4 + u % 5)) for u in range(40)]
-    (root / "user_sequence.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    ids_dir = root / "ids"
-    ids_dir.mkdir()
-    with open(ids_dir / "ids.jsonl", "w", encoding="utf-8") as handle:
-        for i in range(20):
-            handle.write(json.dumps({"doc_id": f"A{i:02d}", "semantic_id": [i % 5, i // 5, 0]}) + "\n")
-    (ids_dir / "run.json").write_text(json.dumps({"method": "hc", "codebook_sizes": [5, 5],
-                                                  "config": {"encoder": "all-MiniLM-L6-v2", "max_length": 32}}))
-    return root / "items.jsonl.gz", root / "user_sequence.txt", ids_dir
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("p5")
-    items, sequences, ids_dir = _write_tiny_p5(root)
+    items, sequences, ids_dir = write_tiny_p5(root, codebook_sizes=(5, 5))
     model = root / "model"
     assert main(["finetune", "--task", "recommendation", "--items", str(items), "--sequences", str(sequences),
                  "--ids", str(ids_dir), "--preset", "tiny", "--set", "max_epochs=6", "--out", str(model),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bundle.recommendation import HistoryExclusion
+from tests.tiny_p5 import write_tiny_p5
 from training.errors import ConfigError
 from training.recommendation.evaluate import (
     ScoredUsers,
@@ -202,43 +203,13 @@ def test_the_loss_learns_a_deterministic_next_item_rule(negatives, one_thread):
 # ------------------------------------------------------------------------------- end to end, tiny P5
 
 
-def _write_tiny_p5(root):
-    """20 items (item 7 has no title), 40 users whose items always follow i -> i + 1 (mod 20)."""
-    import gzip
-    import json
-
-    items = []
-    for i in range(20):
-        record = {"asin": f"A{i:02d}", "p5_id": i + 1, "brand": f"brand{i % 4}",
-                  "categories": [["Beauty", ["Skin", "Hair", "Nails", "Makeup"][i % 4]]]}
-        if i != 7:
-            record["title"] = f"product number {i}"
-        items.append(record)
-    with gzip.open(root / "items.jsonl.gz", "wt", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in items)
-    lines = []
-    for user in range(40):
-        start, length = user % 20, 4 + user % 5
-        lines.append(f"U{user} " + " ".join(f"A{(start + k) % 20:02d}" for k in range(length)))
-    (root / "user_sequence.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    ids_dir = root / "ids"
-    ids_dir.mkdir()
-    with open(ids_dir / "ids.jsonl", "w", encoding="utf-8") as handle:
-        for i in range(20):  # 2 levels (K = 4, 5) + counter: item i -> (i % 4, i // 4, 0)
-            handle.write(json.dumps({"doc_id": f"A{i:02d}", "semantic_id": [i % 4, i // 4, 0]}) + "\n")
-    (ids_dir / "run.json").write_text(json.dumps({"method": "hc", "codebook_sizes": [4, 5],
-                                                  "config": {"encoder": "all-MiniLM-L6-v2", "max_length": 32}}))
-    return root / "items.jsonl.gz", root / "user_sequence.txt", ids_dir
-
-
 def test_tiny_p5_dataset_trains_and_evaluates_end_to_end(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("training.loop", reason="needs the project's one training loop (training/loop.py)")
     import json
 
     from lmindexer.cli import main
 
     monkeypatch.setenv("LMINDEXER_CACHE_DIR", str(tmp_path / "cache"))
-    items, sequences, ids_dir = _write_tiny_p5(tmp_path)
+    items, sequences, ids_dir = write_tiny_p5(tmp_path)
     out = tmp_path / "model"
     status = main(["finetune", "--task", "recommendation", "--items", str(items), "--sequences", str(sequences),
                    "--ids", str(ids_dir), "--preset", "tiny", "--out", str(out), "--no-progress"])
@@ -267,6 +238,6 @@ def test_an_item_without_an_id_is_a_clear_error(tmp_path, monkeypatch):
     from training.errors import DataFormatError
     from training.recommendation.items import catalogue_ids
 
-    _, _, ids_dir = _write_tiny_p5(tmp_path)
+    _, _, ids_dir = write_tiny_p5(tmp_path)
     with pytest.raises(DataFormatError, match=r"no semantic ID, e\.g\. 'B99'"):
         catalogue_ids(["A01", "B99"], load_id_source(ids_dir))
