@@ -32,3 +32,15 @@ class CausalBlock(nn.Module):
                                               dropout_p=self.dropout if self.training else 0.0)
         x = x + self.drop(self.out(attn.transpose(1, 2).reshape(b, length, d)))
         return x + self.drop(self.ff(self.ln2(x)))
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2 style initialisation (``model.apply(init_weights)``): Linear and Embedding weights N(0, 0.02),
+    Linear biases 0, an Embedding's padding row 0."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()

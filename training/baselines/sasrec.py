@@ -40,7 +40,7 @@ from training.baselines.recommendation import DEFAULT_KS, RecData, rank_metrics
 from training.config import config_to_dict
 from training.errors import ConfigError
 from training.loop import LoopSettings, distributed_context, shard, train
-from training.transformer import CausalBlock
+from training.transformer import CausalBlock, init_weights
 
 logger = logging.getLogger(__name__)
 
@@ -105,17 +105,7 @@ class SASRec(nn.Module):
             for _ in range(settings.num_blocks)
         )
         self.ln = nn.LayerNorm(d)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
+        self.apply(init_weights)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items: (B, L) left-padded item indices, L <= max_len -> hidden states (B, L, d)."""

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from training.recommendation.settings import RecommenderSettings
-from training.transformer import CausalBlock
+from training.transformer import CausalBlock, init_weights
 
 
 class IdDecoder(nn.Module):
@@ -101,14 +101,8 @@ class Recommender(nn.Module):
         self.final_norm = nn.LayerNorm(d)
         self.id_decoder = IdDecoder(d, self.codebook_sizes, settings)
         self.query_projection = nn.Linear(d, d)
-        self.apply(self._init)
+        self.apply(init_weights)
 
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
 
     @torch.no_grad()
     def init_code_embeddings(self, codebooks: torch.Tensor) -> None:
