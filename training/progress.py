@@ -13,6 +13,14 @@ at most once per ``LOG_INTERVAL_S`` seconds and once when the loop ends. It take
 the training code uses (``desc``, ``total``, ``initial``, ``unit``, ``disable``, ``leave``,
 ``mininterval``) and the bar's methods (iteration, ``update``, ``set_postfix``, ``close``), so it is a
 drop-in replacement for ``tqdm(...)``.
+
+transformers draws bars of its own ("Loading weights" at ``from_pretrained``, "Writing model shards" at
+``save_pretrained``) through one switch of its own. ``library_bars`` turns that switch off when standard
+error is not a terminal, or when a run's progress is off; it never turns it on, so on a terminal with
+progress on transformers behaves as it always did (and ``HF_HUB_DISABLE_PROGRESS_BARS`` still rules).
+It runs when this module is imported (every module that loads or saves a model imports this one, or
+``training.encoder``, which does), whenever ``progress_bar`` finds no terminal, and at the start of the
+runs that take a ``progress`` setting (learn-ids with LMIndexer, fine-tuning, the recommender, build-demo).
 """
 
 from __future__ import annotations
@@ -151,14 +159,24 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str | None = No
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, initial=initial, unit=unit, leave=leave,
                     mininterval=mininterval)
+    library_bars()
     return LoggedProgress(iterable, desc=desc, total=total, initial=initial, unit=unit, interval_s=interval_s)
 
 
-def library_bars_on_terminal_only() -> None:
-    """Turn transformers' own bars off (its "Loading weights" bar at every ``from_pretrained``) when
-    standard error is not a terminal; call it before loading a model."""
-    if not sys.stderr.isatty():
+def library_bars(progress: bool = True) -> None:
+    """Turn transformers' own bars off ("Loading weights" at every ``from_pretrained``, "Writing model
+    shards" at every ``save_pretrained``) when ``progress`` is off or standard error is not a terminal.
+    Nothing changes on a terminal with progress on (it never turns them back on)."""
+    if not progress or not sys.stderr.isatty():
         transformers_logging.disable_progress_bar()
 
 
-__all__ = ["LOG_INTERVAL_S", "LoggedProgress", "library_bars_on_terminal_only", "progress_bar"]
+def library_bars_on_terminal_only() -> None:
+    """``library_bars()``: transformers' bars off unless standard error is a terminal; call it before
+    loading or saving a model."""
+    library_bars()
+
+
+library_bars()  # a run whose standard error is a log file never draws transformers' bars
+
+__all__ = ["LOG_INTERVAL_S", "LoggedProgress", "library_bars", "library_bars_on_terminal_only", "progress_bar"]

@@ -95,3 +95,38 @@ def test_transformers_bars_are_off_without_a_terminal(monkeypatch: pytest.Monkey
         assert not transformers_logging.is_progress_bar_enabled()
     finally:
         transformers_logging.enable_progress_bar()
+
+
+def test_transformers_bars_follow_the_runs_progress_and_save_pretrained_logs_no_bar(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """On a terminal transformers' bars stay unless the run's progress is off; without one, neither the
+    "Loading weights" nor the "Writing model shards" bar (save_pretrained) writes to the log."""
+    from transformers import BertConfig, BertModel
+    from transformers.utils import logging as transformers_logging
+
+    from training.progress import library_bars
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    model = BertModel(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=8, max_position_embeddings=8))
+    try:
+        transformers_logging.enable_progress_bar()
+        monkeypatch.setattr("sys.stderr", _Stream(tty=True))
+        library_bars(progress=True)
+        assert transformers_logging.is_progress_bar_enabled()  # a terminal with progress on: unchanged
+        library_bars(progress=False)
+        assert not transformers_logging.is_progress_bar_enabled()
+
+        transformers_logging.enable_progress_bar()
+        log = _Stream(tty=False)
+        monkeypatch.setattr("sys.stderr", log)
+        model.save_pretrained(tmp_path / "with-bars")
+        assert "Writing model shards" in log.getvalue()  # the leak: a bar's carriage returns in a log file
+        log.seek(0)
+        log.truncate()
+        logged = progress_bar(range(2), desc="d")  # a loop that finds no terminal turns them off
+        assert isinstance(logged, LoggedProgress) and not transformers_logging.is_progress_bar_enabled()
+        model.save_pretrained(tmp_path / "without-bars")
+        assert "Writing model shards" not in log.getvalue() and "\r" not in log.getvalue()
+    finally:
+        (transformers_logging.enable_progress_bar if was_enabled else transformers_logging.disable_progress_bar)()

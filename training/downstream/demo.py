@@ -47,6 +47,7 @@ from training.downstream.tasks import load_id_source
 from training.encoder import load_tokenizer
 from training.errors import ConfigError
 from training.indexing.learning import learn_ids, resolve_method
+from training.progress import library_bars
 from training.recommendation.run import evaluate_model, fit
 from training.recommendation.settings import RecommenderSettings
 
@@ -140,6 +141,7 @@ def _learn_ids(corpus: Path, out: Path, config: DemoConfig, progress: bool = Tru
 def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_work: bool = False,
                progress: bool = True) -> dict[str, Any]:
     """Build the demo bundle at `out_dir` (see the module docstring); returns its manifest."""
+    library_bars(progress)
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} already exists and is not empty (use --overwrite to replace it)")

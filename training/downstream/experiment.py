@@ -57,6 +57,7 @@ from training.errors import ConfigError
 from training.indexing.id_table import read_ids_jsonl, write_ids_jsonl
 from training.indexing.learning import learn_ids
 from training.indexing.network import SemanticIdNetwork
+from training.progress import library_bars
 from trie import SemanticIdTrie
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def load_task(name: str, data_dir: str | Path | None = None, config: FinetuneCon
 def finetune_task(task: Task, source: IdSource, config: FinetuneConfig, out_dir: Path,
                   progress: bool = True, data_dir: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune a network on `task` for the IDs of `source`; writes out_dir/network and finetune.json."""
+    library_bars(progress)
     out_dir = Path(out_dir)
     id_of = source.id_of()
     doc_ids = [d.doc_id for d in task.documents if d.doc_id in id_of]

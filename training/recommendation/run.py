@@ -33,6 +33,7 @@ from training.config import config_to_dict
 from training.downstream.tasks import load_id_source
 from training.loop import LoopSettings, shard
 from training.loop import train as train_loop
+from training.progress import library_bars
 from training.recommendation.data import RecommendationData, build_data, load_dataset
 from training.recommendation.evaluate import choose_hybrid_weight, ranking_metrics, score_users
 from training.recommendation.items import ItemCatalogue
@@ -92,6 +93,7 @@ def fit(items_path: Path, sequences_path: Path, ids_dir: Path, settings: Recomme
         progress: bool = True) -> dict[str, Any]:
     """Train and save a recommender (module docstring). Returns the record written to recommender.json."""
     started = time.perf_counter()
+    library_bars(progress)
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     if settings.num_threads > 0:
         torch.set_num_threads(settings.num_threads)
