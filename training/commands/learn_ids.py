@@ -5,6 +5,9 @@ Writes into --out DIR (created complete, or not at all):
     metrics.json     per-level diagnostics (perplexity, usage, AMI, collisions), wall times
     run.json         method, preset, settings, corpus path, label field, L, K, counter size
     model.safetensors, config.json (and whatever else the method saves): the checkpoint
+    item_vectors.npy (lmindexer) every document's text vector from the network's encoder, (N, D) float32 in
+                     ids.jsonl order, described under "item_vectors" in lmindexer.json; the recommender
+                     reads it instead of encoding the catalogue again (training.indexing.item_vectors)
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ torch matmuls, repeatable for a fixed thread count; the table is re-assigned gre
 network, so the IDs written are a function of the saved network alone.
 
 Outputs under `out_dir`: `network/` (SemanticIdNetwork.save: fine-tuning starts from it),
-`reconstructor.safetensors`, `lmindexer.json` (the config and per-level diagnostics) and
-`checkpoints/<stage>/` (one resumable training-loop run per stage; `checkpoint_dir` puts them
-elsewhere, e.g. to resume a killed `learn-ids`, whose output directory is a fresh staging directory).
+`reconstructor.safetensors`, `lmindexer.json` (the config, per-level diagnostics and the record of the
+item vectors), `item_vectors.npy` (every document's text vector from the saved network's encoder, made
+by the final-network pass: `training.indexing.item_vectors`) and `checkpoints/<stage>/` (one resumable
+training-loop run per stage; `checkpoint_dir` puts them elsewhere, e.g. to resume a killed `learn-ids`,
+whose output directory is a fresh staging directory).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_mutual_info_score
@@ -32,7 +35,9 @@ from threadpoolctl import threadpool_limits
 
 from training.config import config_to_dict
 from training.data.corpus import Document
+from training.encoder import mean_pool
 from training.indexing.diagnostics import code_perplexity, same_prefix_diff_ratio
+from training.indexing.item_vectors import RECORD_KEY, item_vectors_record, write_item_vectors
 from training.indexing.learning import LearnedCodes
 from training.indexing.lmindexer.config import LMIndexerConfig
 from training.indexing.lmindexer.encoder_states import EncoderStates, pad_rows, state_cache_key, tokenize_corpus
@@ -40,6 +45,7 @@ from training.indexing.lmindexer.model import DocumentBatch, IndexerModel, Stage
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
 from training.indexing.reconstructor import Reconstructor
 from training.loop import DistContext, LoopSettings, distributed_context, finished, seed_everything, shard, train
+from training.progress import library_bars, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ class LMIndexer:
         self.dev_rows = np.sort(dev_rng.choice(n, size=min(config.dev_size, n), replace=False)).tolist()
         self.labels: list[str | None] | None = None
         self.diagnostics: dict[str, Any] = {"levels": [], "stages": []}
+        self.item_vectors: dict[str, Any] | None = None  # the record of item_vectors.npy, once written
         self.checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else self.out_dir / "checkpoints"
 
     def batch(self, rows: Sequence[int], level: int) -> DocumentBatch:
@@ -388,11 +395,18 @@ class LMIndexer:
         self.network.save(out_dir / NETWORK_DIR)
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.reconstructor.state_dict().items()}
         save_file(state, str(out_dir / RECONSTRUCTOR_FILE))
-        payload = {"config": config_to_dict(self.config), "output_vocabulary_size": len(self.corpus.vocab_ids),
-                   "diagnostics": self.diagnostics}
-        (out_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=2, default=_json_default))
+        self.write_record(out_dir)
         return {"network": f"{NETWORK_DIR}/model.safetensors", "network_config": f"{NETWORK_DIR}/network.json",
                 "reconstructor": RECONSTRUCTOR_FILE, "config": CONFIG_FILE}
+
+    def write_record(self, out_dir: Path) -> None:
+        """lmindexer.json: the config, the diagnostics and (once written) the item vectors' record."""
+        payload: dict[str, Any] = {"config": config_to_dict(self.config),
+                                   "output_vocabulary_size": len(self.corpus.vocab_ids),
+                                   "diagnostics": self.diagnostics}
+        if self.item_vectors is not None:
+            payload[RECORD_KEY] = self.item_vectors
+        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(payload, indent=2, default=_json_default))
 
 
 def prefix_residuals(data: np.ndarray, prefixes: np.ndarray, earlier_codebooks: np.ndarray,
@@ -435,32 +449,50 @@ def prefix_residuals(data: np.ndarray, prefixes: np.ndarray, earlier_codebooks: 
 
 
 @torch.no_grad()
-def saved_network_agreement(network_dir: Path, texts: Sequence[str], codes: np.ndarray, config: LMIndexerConfig,
-                            device: torch.device) -> dict[str, Any]:
-    """Greedy codes of the saved network (loaded from `network_dir`) against the written codes (N, L).
+def final_network_pass(network_dir: Path, texts: Sequence[str], codes: np.ndarray, config: LMIndexerConfig,
+                       device: torch.device, agreement_documents: int = 0,
+                       show_progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+    """One pass of the saved network (loaded from `network_dir`) over every document: the agreement of its
+    greedy codes with the written codes (N, L) on the first documents, and every document's text vector.
 
     The network's own path, independent of the indexer's: SemanticIdNetwork.load, the whole encoder
     (no cached states), unfolded cross-attention, `decoder_step` level by level with W = 1 (what export
-    and cold start run). Returns the fraction of documents whose L codes all equal the written ones
-    (`final_network_agreement`), per level, and the number of documents checked."""
+    and cold start run). Agreement: over the first `agreement_documents` documents (0 = all), the fraction
+    whose L codes all equal the written ones (`final_network_agreement`), per level, and the number of
+    documents checked; those documents are batched as they always were (longest first, among themselves).
+    Text vectors (N, D) float32, row i = texts[i]: the encoder states of the same pass, mean-pooled over
+    the attention mask and L2-normalised (what `training.encoder.embed_texts` computes, which the
+    recommender's text vectors come from); the documents not checked are encoded after the checked ones."""
     network = SemanticIdNetwork.load(network_dir).to(device).eval()
     corpus = tokenize_corpus(texts, config)
+    n = len(corpus)
+    checked = min(agreement_documents, n) if agreement_documents > 0 else n
     levels = codes.shape[1]
-    greedy = np.zeros_like(codes)
-    order = np.argsort([-len(r) for r in corpus.input_ids], kind="stable")
-    for start in range(0, len(order), config.eval_batch_size):
-        rows = order[start : start + config.eval_batch_size]
+    greedy = np.zeros_like(codes[:checked])
+    vectors = np.zeros((n, network.hidden_size), dtype=np.float32)
+    lengths = np.asarray([len(r) for r in corpus.input_ids])
+    size = config.eval_batch_size
+    batches = [(order[start : start + size], decode)
+               for order, decode in ((np.argsort(-lengths[:checked], kind="stable"), True),
+                                     (checked + np.argsort(-lengths[checked:], kind="stable"), False))
+               for start in range(0, len(order), size)]
+    for rows, decode in progress_bar(batches, desc="final network", unit="batch", disable=not show_progress,
+                                     mininterval=2.0):
         ids = pad_rows([corpus.input_ids[i] for i in rows], corpus.pad_id).to(device)
         mask = pad_rows([torch.ones_like(corpus.input_ids[i]) for i in rows], 0).to(device)
         states = network.encode(ids, mask)  # (B, S, d)
+        vectors[rows] = F.normalize(mean_pool(states, mask), dim=-1).float().cpu().numpy()
+        if not decode:
+            continue
         chosen = torch.zeros(len(rows), 1, levels, dtype=torch.int64, device=device)  # (B, W=1, L)
         for level in range(levels):
             log_probs = network.decoder_step(states, mask, chosen, torch.tensor(level, device=device))  # (B, 1, V)
             chosen[:, 0, level] = log_probs[:, 0, : config.codebook_size].argmax(-1)
         greedy[rows] = chosen[:, 0].cpu().numpy()
-    same = greedy == codes  # (N, L)
-    return {"final_network_agreement": float(same.all(axis=1).mean()),
-            "per_level": [float(v) for v in same.mean(axis=0)], "documents": len(codes)}
+    same = greedy == codes[:checked]  # (n checked, L)
+    agreement = {"final_network_agreement": float(same.all(axis=1).mean()),
+                 "per_level": [float(v) for v in same.mean(axis=0)], "documents": checked}
+    return agreement, vectors
 
 
 def _json_default(value: Any) -> Any:
@@ -484,6 +516,7 @@ def _ami(prefix: np.ndarray, codes: np.ndarray, labels: Sequence[str | None]) ->
 def learn_lmindexer_codes(documents: list[Document], config: LMIndexerConfig, out_dir: Path) -> LearnedCodes:
     """Learn L levels of codes for `documents` with the LMIndexer schedule (the method contract of
     training.indexing.learning); writes the network, reconstructor and config under `out_dir`."""
+    library_bars(config.progress)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     context = distributed_context(config.device)
@@ -497,16 +530,22 @@ def learn_lmindexer_codes(documents: list[Document], config: LMIndexerConfig, ou
     diagnostics = indexer.run()
     files = indexer.save(out_dir) if context.is_main else {}
     if context.is_main:
-        checked = config.agreement_documents or len(documents)
-        agreement = saved_network_agreement(out_dir / NETWORK_DIR, indexer.texts[:checked], indexer.codes[:checked],
-                                            config, indexer.device)
+        pass_started = time.perf_counter()
+        agreement, vectors = final_network_pass(out_dir / NETWORK_DIR, indexer.texts, indexer.codes, config,
+                                                indexer.device, config.agreement_documents, config.progress)
+        pass_seconds = time.perf_counter() - pass_started
         diagnostics["final_network_agreement"] = agreement["final_network_agreement"]
         diagnostics["final_network_agreement_documents"] = agreement["documents"]
+        diagnostics["final_network_pass_seconds"] = round(pass_seconds, 2)
         for record, value in zip(diagnostics["levels"], agreement["per_level"], strict=True):
             record["final_network_agreement"] = value
-        logger.info("saved network: greedy codes equal the written IDs for %.2f%% of %d documents",
-                    100 * agreement["final_network_agreement"], agreement["documents"])
-        indexer.save(out_dir)  # lmindexer.json with the agreement (the network is unchanged)
+        logger.info("saved network: greedy codes equal the written IDs for %.2f%% of %d documents; text vectors of "
+                    "all %d documents kept (%.1f s)", 100 * agreement["final_network_agreement"],
+                    agreement["documents"], len(vectors), pass_seconds)
+        files["item_vectors"] = write_item_vectors(out_dir, vectors)
+        indexer.item_vectors = item_vectors_record(vectors, indexer.texts, out_dir / NETWORK_DIR, config.encoder,
+                                                   config.max_length, pass_seconds)
+        indexer.write_record(out_dir)  # lmindexer.json with the agreement and the vectors' record
     diagnostics["wall_seconds"] = round(time.perf_counter() - started, 2)
     return LearnedCodes(codes=indexer.codes.copy(), codebook_sizes=(config.codebook_size,) * config.num_levels,
                         diagnostics=diagnostics, files=files)
