@@ -73,6 +73,7 @@ from training.indexing.learning import staging_directory
 from training.indexing.network import SemanticIdNetwork
 from training.recommendation import export as recommender_export
 from training.recommendation.data import load_dataset
+from training.recommendation.items import network_encoder_folder
 from training.recommendation.model import Recommender
 from training.recommendation.run import evaluate_model, load_model
 from trie import SemanticIdTrie, constrained_beam_search
@@ -517,7 +518,7 @@ def export_recommender(stage: Path, recommender: RecommenderModel, documents: Se
     if not vector_diff <= recommender.text_vector_tolerance:
         logger.info("the indexer's encoder does not make the recommender's text vectors; exporting %s as the "
                     "recommender's text encoder", recommender.text_encoder)
-        text_files = export_text_encoder(recommender.text_encoder, directory)
+        text_files = export_text_encoder(_encoder_folder(recommender.text_encoder), directory)
         runner_text = TextVectorRunner(directory / "text_encoder.onnx",
                                        TextTokenizer(directory / "tokenizer.json", recommender.text_max_length),
                                        intra_op_threads=2)
@@ -609,6 +610,14 @@ class _TextVectors(nn.Module):
 
 
 @torch.no_grad()
+def _encoder_folder(encoder: str) -> str:
+    """A text encoder as a Hugging Face folder: an LMIndexer network folder (the recommender read the vectors
+    learn-ids stored, `training.recommendation.items.text_vectors`) becomes its encoder's folder."""
+    if (Path(encoder) / "network.json").is_file():
+        return str(network_encoder_folder(Path(encoder)))
+    return encoder
+
+
 def export_text_encoder(encoder: str, directory: Path) -> tuple[str, str]:
     """Write directory/text_encoder.onnx (input_ids, attention_mask (B, S) int64 -> vectors (B, D), mean-pooled
     and L2-normalised) and directory/tokenizer.json of `encoder`; returns both paths relative to the bundle."""

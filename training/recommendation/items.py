@@ -6,16 +6,18 @@ disk by `training.indexing.embedding_cache`):
 - rq-VAE and HC IDs: the pretrained encoder those methods embedded the corpus with (`run.json`
   config `encoder`, `max_length`), mean-pooled and L2-normalised: the very vectors they clustered;
 - LMIndexer IDs: the indexer network's own (trained) encoder, mean-pooled and L2-normalised, at
-  the document length the indexer read. The encoder is written once as a Hugging Face folder
-  under the cache (keyed by a hash of the network's weights) so the same cached embedding path
-  serves it.
+  the document length the indexer read. learn-ids keeps these vectors (`item_vectors.npy`,
+  `training.indexing.item_vectors`) from its final pass over the corpus with that encoder; they are
+  read from there when their record says they are of exactly these texts, in this order, from this
+  network. Otherwise (IDs learnt before the vectors were kept, another items file) they are computed:
+  the encoder is written once as a Hugging Face folder under the cache (keyed by a hash of the
+  network's weights) so the same cached embedding path serves it.
 
 An item added after training needs only its text (-> vector) and its semantic ID.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from training.downstream.tasks import IdSource
 from training.encoder import DEFAULT_ENCODER, load_tokenizer
 from training.errors import DataFormatError
 from training.indexing.embedding_cache import cache_dir, document_embeddings
+from training.indexing.item_vectors import network_digest, stored_item_vectors
 from trie import SemanticIdTrie
 
 logger = logging.getLogger(__name__)
@@ -90,21 +93,31 @@ def catalogue_ids(doc_ids: Sequence[str], source: IdSource) -> tuple[np.ndarray,
 
 def text_vectors(texts: Sequence[str], source: IdSource, batch_size: int = 64) -> tuple[np.ndarray, dict]:
     """(N, D) float32 L2-normalised text vectors of `texts` from the ID source's encoder (module doc),
-    and a description of that encoder (for the model's record)."""
+    and a description of that encoder (for the model's record). The description's `vectors_from` says
+    where they came from: the file learn-ids stored (LMIndexer IDs), or "computed"."""
     network_dir = source.network_dir
     if network_dir is not None:
-        encoder = _network_encoder_folder(network_dir)
         max_length = source.document_length
         kind = "lmindexer network encoder"
+        stored, where = stored_item_vectors(source.directory, texts, network_dir, max_length)
+        if stored is not None:
+            logger.info("text vectors of %d items: stored by learn-ids in %s", len(texts), where)
+            # the encoder is named by the network folder; export resolves it (network_encoder_folder) if needed
+            return stored, {"kind": kind, "encoder": str(network_dir.resolve()), "max_length": max_length,
+                            "pooling": "mean", "normalized": True, "vectors_from": where}
+        logger.info("text vectors of %d items: computing them with the indexer network's encoder (%s)",
+                    len(texts), where)
+        encoder = network_encoder_folder(network_dir)
     else:
         config = _run_config(source)
         encoder = config.get("encoder", DEFAULT_ENCODER)
         max_length = int(config.get("max_length", 256))
         kind = "pretrained encoder"
+        logger.info("text vectors of %d items: computing them with the pretrained encoder %s", len(texts), encoder)
     vectors = document_embeddings(list(texts), encoder=encoder, max_length=max_length, batch_size=batch_size,
                                   normalize=True, show_progress=False)
     return vectors.astype(np.float32), {"kind": kind, "encoder": str(encoder), "max_length": max_length,
-                                        "pooling": "mean", "normalized": True}
+                                        "pooling": "mean", "normalized": True, "vectors_from": "computed"}
 
 
 def _run_config(source: IdSource) -> Mapping:
@@ -116,17 +129,14 @@ def _run_config(source: IdSource) -> Mapping:
     return json.loads(run.read_text(encoding="utf-8")).get("config") or {}
 
 
-def _network_encoder_folder(network_dir: Path) -> Path:
+def network_encoder_folder(network_dir: Path) -> Path:
     """The LMIndexer network's encoder as a Hugging Face folder (written once, keyed by the weights' hash)."""
     from training.indexing.network import SemanticIdNetwork
 
-    digest = hashlib.sha256()
-    for name in ("network.json", "model.safetensors"):
-        digest.update((network_dir / name).read_bytes())
     root = cache_dir()
     if root is None:
         root = Path.home() / ".cache" / "lmindexer" / "embeddings"
-    folder = root.parent / "encoders" / digest.hexdigest()[:24]
+    folder = root.parent / "encoders" / network_digest(network_dir)[:24]
     if (folder / "config.json").is_file():
         return folder
     network = SemanticIdNetwork.load(network_dir)
