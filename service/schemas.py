@@ -173,8 +173,8 @@ SEARCH_MODE_VALUES = ("generative", "hybrid")  # bundle.SEARCH_MODES (checked eq
 def _check_search_mode(value: Any) -> Any:
     # A BeforeValidator, so the 422 names the value given (a Literal's own message does not).
     if isinstance(value, str) and value not in SEARCH_MODE_VALUES:
-        raise PydanticCustomError("unknown_mode", "unknown mode {mode!r}; expected one of {modes}",
-                                  {"mode": value[:64], "modes": list(SEARCH_MODE_VALUES)})
+        raise PydanticCustomError("unknown_mode", "unknown mode {mode}; expected one of {modes}",
+                                  {"mode": repr(value[:64]), "modes": " or ".join(SEARCH_MODE_VALUES)})
     return value
 
 

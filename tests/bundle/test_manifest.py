@@ -63,9 +63,9 @@ def test_to_json_and_from_json_round_trip(manifest: BundleManifest) -> None:
     ("models", "retriever", "max_input_length"), ("models", "indexer", "int8_encoder"), ("training_config",),
     ("models", "retriever", "kind"), ("item_vectors", "pooling"), ("item_vectors", "file"), ("item_vectors",),
     ("models", "recommender", "default_mode"), ("models", "recommender", "hybrid_weight"),
-    ("models", "retriever", "search"), ("models", "indexer", "search"), ("models", "retriever", "search", "default_mode"),
-    ("models", "retriever", "search", "hybrid_weight"), ("models", "retriever", "search", "dense_candidates"),
-    ("models", "retriever", "search", "chosen_on"),
+    ("models", "retriever", "search"), ("models", "indexer", "search"),
+    ("models", "retriever", "search", "default_mode"), ("models", "retriever", "search", "hybrid_weight"),
+    ("models", "retriever", "search", "dense_candidates"), ("models", "retriever", "search", "chosen_on"),
 ])
 def test_a_missing_key_is_refused_by_name(manifest: BundleManifest, path: tuple[str, ...]) -> None:
     raw = _raw(manifest)

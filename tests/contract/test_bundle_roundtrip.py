@@ -2,9 +2,9 @@
 item-token recommender) with training's code, load it through bundle/ and through the service, and check
 that the service answers what the export's parity check decoded for the same inputs (/search and /recommend,
 both modes; /search hybrid: the bundle's rule, bundle.retrieval, applied to the parity decode's beam and
-training's text vectors of the queries); that the ONNX graphs have the contract's signatures; that a new document gets the ID torch and
-the counter rule give; and that a manifest with a missing key, an unknown key or another format version stops
-`lmindexer serve`."""
+training's text vectors of the queries); that the ONNX graphs have the contract's signatures; that a new
+document gets the ID torch and the counter rule give; and that a manifest with a missing key, an unknown key
+or another format version stops `lmindexer serve`."""
 
 from __future__ import annotations
 
