@@ -150,7 +150,7 @@ class DenseIndex:
         m = min(int(n), int(present.sum()))
         if m <= 0 or len(queries) == 0:
             return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0))
-        sims = (queries @ self.matrix.T).astype(np.float64)  # (Q, count): one matrix product per batch
+        sims = queries @ self.matrix.T  # (Q, count) float32: one matrix product per batch
         if not present.all():
             sims[:, ~present] = -np.inf
         # The m-th largest cosine of each query; every row at or above it is sorted by (cosine, row), so a tie
