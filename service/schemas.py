@@ -194,9 +194,9 @@ class SearchRequest(BaseModel):
                           "the documents nearest to the query by text vector, scored (1 - w) * cosine + w * p, p the "
                           "beam's probability of the document's ID (0 outside the beam), w the bundle's "
                           "models.retriever.search.hybrid_weight (score <= 1, comparable across queries). Default "
-                          "(null): the bundle's models.retriever.search.default_mode (the better on its development "
-                          "split; GET /info). Another value: 422 naming it; hybrid on a bundle without item "
-                          "vectors: 422 naming mode.")
+                          "(null): the bundle's models.retriever.search.default_mode (chosen on its development split: "
+                          "hybrid unless it ranked worse there; GET /info). Another value: 422 naming it; hybrid "
+                          "on a bundle without item vectors: 422 naming mode.")
 
     @field_validator("query")
     @classmethod

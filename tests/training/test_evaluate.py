@@ -139,7 +139,7 @@ def test_the_hybrid_weight_is_the_best_on_the_given_queries_and_the_smaller_on_a
     beam's first (p 0.8) but third by cosine. w = 0 finds d1 only, w = 1 d3 only; from w = 0.4 (to 0.45) both are
     first; below it q2's d5 wins, above 0.5 q1's d0 does."""
     from bundle import SearchCandidates
-    from training.downstream.experiment import choose_search_weight, search_settings
+    from training.downstream.experiment import choose_search_weight, default_search_mode, search_settings
 
     neg = -np.inf
     candidates = SearchCandidates(rows=np.array([[0, 1, 2], [3, 4, 5]]),
@@ -156,3 +156,5 @@ def test_the_hybrid_weight_is_the_best_on_the_given_queries_and_the_smaller_on_a
                                 "hybrid_chosen_on": "valid"})
     assert settings is not None and (settings.default_mode, settings.hybrid_weight) == ("hybrid", 0.4)
     assert search_settings({"valid": {}}) is None  # evaluated without hybrid: nothing chosen
+    assert default_search_mode(0.5, 0.6) == "hybrid" and default_search_mode(0.6, 0.5) == "generative"
+    assert default_search_mode(0.9, 0.9) == "hybrid"  # a tie: hybrid also reads the dense evidence

@@ -267,11 +267,13 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
     `dense_candidates` documents of highest cosine between the query's and the documents' text vectors (the
     ID source's encoder, `training.recommendation.items.text_vectors`, as the bundle's item vectors). The
     validation split, evaluated first whenever the task has one, chooses the weight w among
-    `hybrid_weights` (best NDCG@10, ties: the smaller w) and the default mode (hybrid when its NDCG@10 is
-    higher than the generative one); test is scored with that w. metrics.json then holds, beside each split's
-    generative figures (`all`, `warm`, `cold`), its `hybrid` and `dense` figures, and `hybrid_weight`,
-    `default_mode`, `dense_candidates`, `hybrid_chosen_on` (what the bundle's `models.retriever.search`
-    records) and `valid_ndcg@10_by_hybrid_weight`; the hybrid runs are <split>-hybrid.run.
+    `hybrid_weights` (best NDCG@10, ties: the smaller w) and the default mode (hybrid unless its NDCG@10 is
+    below the generative one: on a tie, e.g. titles the retriever was trained on and finds anyway, hybrid
+    also reads the dense evidence the split could not weigh); test is scored with that w. metrics.json then
+    holds, beside each split's generative figures (`all`, `warm`, `cold`), its `hybrid` and `dense` figures,
+    and `hybrid_weight`, `default_mode`, `dense_candidates`, `hybrid_chosen_on` (what the bundle's
+    `models.retriever.search` records) and `valid_ndcg@10_by_hybrid_weight`; the hybrid runs are
+    <split>-hybrid.run.
     """
     out_dir = Path(out_dir)
     record, config, network = load_finetuned(out_dir)
@@ -347,14 +349,24 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
                                         "cold": score_run(hybrid_run, cold_qrels, task.metrics)}
             results[split]["dense"] = {"all": score_run(dense_run, qrels, task.metrics)}
             if split == "valid":
-                better = results[split]["hybrid"]["all"]["ndcg@10"] > results[split]["all"]["ndcg@10"]
-                results.update({"hybrid_weight": weight, "default_mode": "hybrid" if better else "generative",
+                mode = default_search_mode(results[split]["all"]["ndcg@10"], results[split]["hybrid"]["all"]["ndcg@10"])
+                results.update({"hybrid_weight": weight, "default_mode": mode,
                                 "hybrid_chosen_on": f"{task.name} valid split: {len(qrels)} queries, NDCG@10"})
         logger.info("%s %s: %s%s", task.name, split, json.dumps(results[split]["all"]),
                     f"; hybrid (w={weight:g}) {json.dumps(results[split]['hybrid']['all'])}" if weight is not None
                     else "")
     (eval_dir / "metrics.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results
+
+
+def default_search_mode(generative_ndcg: float, hybrid_ndcg: float) -> str:
+    """The default search mode from the validation NDCG@10 of both modes: hybrid unless it is below generative.
+
+    A tie goes to hybrid: at the smallest weight that ties it answers the split's queries as well and also reads
+    the dense evidence the split could not weigh (e.g. titles the retriever was trained on, which it finds
+    anyway). With w = 1 in the grid hybrid's top 10 is the beam's, so its best weight is never below.
+    """
+    return "generative" if hybrid_ndcg < generative_ndcg else "hybrid"
 
 
 def choose_search_weight(candidates: SearchCandidates, weights: Sequence[float], query_ids: Sequence[str],
