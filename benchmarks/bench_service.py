@@ -290,7 +290,12 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     import torch
 
     from bundle import TextTokenizer, write_manifest
-    from tests.service.tiny_bundle import tokenizer_path, untrained_manifest, untrained_recommender
+    from tests.service.tiny_bundle import (
+        tokenizer_path,
+        untrained_manifest,
+        untrained_recommender,
+        write_item_vectors,
+    )
     from training.downstream.export import export_onnx, write_int8_encoder
     from training.indexing.network import NetworkConfig, SemanticIdNetwork
     from trie import SemanticIdTrie
@@ -325,7 +330,7 @@ def build_minilm_bundle(out: Path, *, codebook_size: int = 256, counter_size: in
     write_manifest(out, untrained_manifest(
         num_levels=2, codebook_size=codebook_size, counter_size=counter_size, num_documents=len(items),
         hidden_size=network.hidden_size, int8_file=f"indexer/{int8.file}", int8_agreement=int8.agreement,
-        recommender=recommender,
+        recommender=recommender, item_vectors=write_item_vectors(out, vectors),
         note="benchmark bundle: MiniLM + untrained ID decoder (1 layer), untrained item-token recommender"))
     return out
 

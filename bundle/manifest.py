@@ -5,6 +5,10 @@ contract tests) and refuses, with a message naming the key, a missing key, an un
 wrong type and a format version other than ``FORMAT_VERSION``. Nothing has a default: a bundle says
 everything, so a reader never guesses (docs/bundle.md is the format's page).
 
+The documents' text vectors (``item_vectors``, one per document, row i = trie row i) belong to the bundle, not
+to one model: the recommender reads them as item tokens and the retriever's hybrid search scores documents by
+them; the service computes the vector of every document added later the same way, once.
+
 One entry per model under ``models``, keyed by its role (indexer, retriever, recommender) and typed by
 its ``kind``: ``MODEL_KINDS`` maps each kind to its entry class (``text_to_id`` for the indexer and the
 retriever, ``item_token_recommender`` for the recommender; ``ROLE_KINDS``). A model of another shape is
@@ -25,7 +29,7 @@ from typing import Any, ClassVar, Literal, Union
 
 from bundle.errors import BundleError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MODEL_ROLES = ("indexer", "retriever", "recommender")
 
 
@@ -87,12 +91,40 @@ class Int8Encoder:
             raise BundleError("exactly one of file and skipped must be set")
 
 
+SEARCH_MODES = ("generative", "hybrid")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the retriever ranks for POST /search (docs/bundle.md "Search modes").
+
+    ``generative``: the constrained beam search's IDs in beam order (score: summed log-probability).
+    ``hybrid``: the beam's candidates joined with the ``dense_candidates`` documents nearest to the query by
+    cosine of text vectors (the bundle's ``item_vectors``), all scored by ``bundle.retrieval.hybrid_scores``:
+    ``(1 - hybrid_weight) * cosine + hybrid_weight * p``, p the beam's probability of the document's ID (0 outside
+    the beam). ``default_mode`` and ``hybrid_weight`` were chosen on a development split (``chosen_on`` names it,
+    None when they are the export's defaults, chosen on no data), never on a test split.
+    """
+
+    default_mode: Literal["generative", "hybrid"]
+    hybrid_weight: float
+    dense_candidates: int  # N of the dense top-N joined to the beam's candidates (the service uses max(N, k))
+    chosen_on: str | None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hybrid_weight <= 1.0:
+            raise BundleError(f"hybrid_weight must be in [0, 1], got {self.hybrid_weight}")
+        if self.dense_candidates < 1:
+            raise BundleError(f"dense_candidates must be >= 1, got {self.dense_candidates}")
+
+
 @dataclass(frozen=True)
 class TextModelEntry:
     """A text model: ``encoder.onnx`` (text -> states) and ``decoder_step.onnx`` (states, codes -> log-probs).
 
     The indexer (documents) and the retriever (queries). Inputs are cut at ``max_input_length`` tokens
     ([CLS] and [SEP] included); the ID decoder reads every encoder state by cross-attention (``pooling``).
+    ``search``: the retriever's search modes (required for the retriever, None for the indexer).
     """
 
     KIND: ClassVar[str] = "text_to_id"
@@ -105,6 +137,7 @@ class TextModelEntry:
     pooling: Literal["cross_attention"]
     beam_size: int  # the beam width of its evaluation and parity check
     int8_encoder: Int8Encoder | None  # the indexer's; None for other roles
+    search: SearchSettings | None  # the retriever's; None for the indexer
     parity: ParityFigures | None  # None only for bundles not made by the export (test bundles)
     evaluation: Mapping[str, Any]  # the evaluation figures (metrics JSON) of the model, {} when not evaluated
 
@@ -123,18 +156,21 @@ RECOMMEND_MODES = ("generative", "hybrid")
 
 @dataclass(frozen=True)
 class TextVectorSpec:
-    """How an item's text vector is made (the recommender's item tokens read it; docs/bundle.md).
+    """The documents' text vectors (manifest key ``item_vectors``; docs/bundle.md "Item vectors").
 
-    Training encoded every item's text once with ``encoder`` (``max_input_length`` tokens, ``pooling``
-    over the token states, L2-normalised when ``normalized``). The service makes the vector of a
-    document added later, or of a ``history_texts`` item, the same way: with ``source`` "indexer", the
-    indexer's encoder.onnx, pooled (LMIndexer IDs: the indexer network's encoder made the vectors);
-    with "text_encoder", the graph ``text_encoder_file`` (text -> pooled vector, its own tokenizer
-    ``tokenizer_file``), exported when the indexer's encoder is not the one (rq-VAE and HC IDs: a
-    pretrained encoder made them). ``max_abs_diff``: the export's check of that path against training's
-    vectors on ``checked_items`` items.
+    ``file``: a .npy (N, ``dim``) float16 or float32 array, row i = trie row i = documents.jsonl line i. The
+    recommender reads them as item tokens; the retriever's hybrid search scores documents by their cosine with
+    the query's vector, made the same way. Training encoded every document's text once with ``encoder``
+    (``max_input_length`` tokens, ``pooling`` over the token states, L2-normalised when ``normalized``). The
+    service makes the vector of a document added later, of a ``history_texts`` item and of a query the same
+    way: with ``source`` "indexer", the indexer's encoder.onnx (fp32), pooled (LMIndexer IDs: the indexer
+    network's encoder made the vectors; then ``max_input_length`` is the indexer's); with "text_encoder", the
+    graph ``text_encoder_file`` (text -> pooled vector, its own tokenizer ``tokenizer_file``), exported when the
+    indexer's encoder is not the one (rq-VAE and HC IDs: a pretrained encoder made them). ``max_abs_diff``: the
+    export's check of that path against training's vectors on ``checked_items`` documents.
     """
 
+    file: str
     dim: int
     encoder: str  # what training encoded with (a description: a model name or the indexer network's folder)
     max_input_length: int
@@ -153,8 +189,8 @@ class TextVectorSpec:
             raise BundleError("text_encoder_file and tokenizer_file are set exactly when source is text_encoder")
 
     def files(self) -> tuple[str, ...]:
-        """The text encoder's files (none with source indexer)."""
-        return tuple(f for f in (self.text_encoder_file, self.tokenizer_file) if f is not None)
+        """The vectors' file and the text encoder's files (none with source indexer)."""
+        return (self.file, *(f for f in (self.text_encoder_file, self.tokenizer_file) if f is not None))
 
 
 @dataclass(frozen=True)
@@ -186,8 +222,8 @@ class RecommenderParity:
 class ItemTokenRecommenderEntry:
     """The item-token recommender (training/recommendation): one token per history item, three graphs.
 
-    An item is its text vector (``item_vectors``, row i = trie row i = documents.jsonl line i) and its
-    semantic ID (documents.jsonl); the sequence model reads the ``max_history`` most recent items and
+    An item is its text vector (the bundle's ``item_vectors``, row i = trie row i = documents.jsonl line i)
+    and its semantic ID (documents.jsonl); the sequence model reads the ``max_history`` most recent items and
     gives one hidden state; the ID decoder step decodes the next item's ID over the trie (beam
     ``beam_size``); the dense head scores candidate items. ``default_mode``: the ranking better on
     validation NDCG@10; ``hybrid_weight``: w of the hybrid rule (``bundle.recommendation.fuse``),
@@ -200,10 +236,8 @@ class ItemTokenRecommenderEntry:
     sequence_model: str
     decoder_step: str
     dense_head: str
-    item_vectors: str  # .npy (N, D) float16 or float32
     hidden_size: int
     max_history: int
-    text_vectors: TextVectorSpec
     beam_size: int
     default_mode: Literal["generative", "hybrid"]
     hybrid_weight: float
@@ -219,7 +253,7 @@ class ItemTokenRecommenderEntry:
 
     def files(self) -> tuple[str, ...]:
         """Every file of the entry, relative to the bundle."""
-        return (self.sequence_model, self.decoder_step, self.dense_head, self.item_vectors, *self.text_vectors.files())
+        return (self.sequence_model, self.decoder_step, self.dense_head)
 
 
 ModelEntry = Union[TextModelEntry, ItemTokenRecommenderEntry]  # noqa: UP007 (a runtime alias _value matches on)
@@ -242,6 +276,7 @@ class BundleManifest:
     documents: str  # documents.jsonl, line i = trie row i
     num_documents: int
     index_version: int
+    item_vectors: TextVectorSpec | None  # the documents' text vectors; required by a recommender and hybrid search
     models: Mapping[str, ModelEntry]
     training_config: Mapping[str, Any]
 
@@ -262,6 +297,21 @@ class BundleManifest:
                                   f"{ROLE_KINDS[role].KIND!r}")
             if isinstance(entry, TextModelEntry) and entry.int8_encoder is not None and role != "indexer":
                 raise BundleError(f"models.{role}.int8_encoder: only the indexer may have one")
+            if isinstance(entry, TextModelEntry) and (entry.search is None) != (role != "retriever"):
+                raise BundleError(f"models.{role}.search: the retriever must have one, the indexer none")
+        vectors = self.item_vectors
+        if vectors is None and "recommender" in self.models:
+            raise BundleError("item_vectors: the recommender reads the documents' text vectors; they are missing")
+        retriever = self.models.get("retriever")
+        if (vectors is None and isinstance(retriever, TextModelEntry) and retriever.search is not None
+                and retriever.search.default_mode == "hybrid"):
+            raise BundleError("models.retriever.search.default_mode: hybrid needs the documents' text vectors "
+                              "(item_vectors), which are missing")
+        indexer = self.models["indexer"]
+        if (vectors is not None and vectors.source == "indexer" and isinstance(indexer, TextModelEntry)
+                and vectors.max_input_length != indexer.max_input_length):
+            raise BundleError(f"item_vectors.max_input_length: {vectors.max_input_length}, but vectors of source "
+                              f"indexer are made by the indexer, which reads {indexer.max_input_length} tokens")
         if not isinstance(self.models, MappingProxyType):
             object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
 
@@ -272,7 +322,9 @@ class BundleManifest:
 
     def files(self) -> tuple[str, ...]:
         """Every file the manifest names, relative to the bundle."""
-        return (self.tokenizer, self.trie, self.documents, *(f for e in self.models.values() for f in e.files()))
+        vectors = self.item_vectors.files() if self.item_vectors is not None else ()
+        models = (f for entry in self.models.values() for f in entry.files())
+        return (self.tokenizer, self.trie, self.documents, *vectors, *models)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON values (what ``to_json`` writes)."""

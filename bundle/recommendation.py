@@ -275,16 +275,17 @@ class RecommenderRunner:
 
 
 def read_item_vectors(bundle: Bundle) -> np.ndarray:
-    """The bundle's item vectors (N, D) float32 (row i = trie row i), checked against the manifest."""
-    entry = bundle.manifest.models.get("recommender")
-    if not isinstance(entry, ItemTokenRecommenderEntry):
-        raise BundleError(f"{bundle.directory}: no item-token recommender in the bundle")
-    path = bundle.path(entry.item_vectors)
+    """The bundle's item vectors (N, D) float32 (row i = trie row i; manifest ``item_vectors``), checked against
+    the manifest; BundleError when the bundle has none."""
+    spec = bundle.manifest.item_vectors
+    if spec is None:
+        raise BundleError(f"{bundle.directory}: the bundle has no item vectors (manifest item_vectors is null)")
+    path = bundle.path(spec.file)
     try:
         vectors = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: cannot read the item vectors ({exc})") from None
-    expected = (bundle.manifest.num_documents, entry.text_vectors.dim)
+    expected = (bundle.manifest.num_documents, spec.dim)
     if vectors.shape != expected or vectors.dtype not in (np.float16, np.float32):
         raise BundleError(f"{path}: {vectors.dtype} {vectors.shape}, expected float16/float32 {expected}")
     return vectors.astype(np.float32)

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from bundle.decoding import QueryStep, grouped_step_fn
 from bundle.directory import Bundle
 from bundle.errors import BundleError
-from bundle.manifest import ItemTokenRecommenderEntry, TextModelEntry
+from bundle.manifest import TextModelEntry
 from bundle.recommendation import mean_pooled
 from bundle.sessions import inference_session
 from trie import StepFn, greedy_codes
@@ -192,8 +192,24 @@ class OnnxRunner:
         return codes, ranked, pooled if pooled is not None else np.zeros((len(rows), 0), dtype=np.float32)
 
 
+    def mean_vectors(self, texts: Sequence[str], chunk_size: int = 32) -> np.ndarray:
+        """Each text's vector (B, d) float32: the encoder states mean-pooled over the real tokens and
+        L2-normalised (``bundle.recommendation.mean_pooled``; the item vectors of ``source`` "indexer"), in
+        chunks of similar length. The same vectors ``index_texts`` gives, without the decoder."""
+        rows = self.tokenizer.token_ids(texts)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        pooled: np.ndarray | None = None
+        for start in range(0, len(order), chunk_size):
+            chunk = order[start: start + chunk_size]
+            encoded = self.encode_ids(*self.tokenizer.pad([rows[i] for i in chunk]))
+            if pooled is None:
+                pooled = np.zeros((len(rows), encoded.states.shape[-1]), dtype=np.float32)
+            pooled[chunk] = mean_pooled(encoded.states, encoded.attention_mask)
+        return pooled if pooled is not None else np.zeros((0, 0), dtype=np.float32)
+
+
 class TextVectorRunner:
-    """The recommender's own text encoder (``text_vectors.source`` "text_encoder"): texts -> vectors (B, D)."""
+    """The bundle's own text encoder (``item_vectors.source`` "text_encoder"): texts -> vectors (B, D)."""
 
     def __init__(self, encoder: Path, tokenizer: TextTokenizer, *, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_threads: int = 0) -> None:
@@ -202,11 +218,11 @@ class TextVectorRunner:
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, **options: object) -> TextVectorRunner | None:
-        """The bundle recommender's text encoder, or None when the indexer's encoder makes the vectors."""
-        entry = bundle.manifest.models.get("recommender")
-        if not isinstance(entry, ItemTokenRecommenderEntry) or entry.text_vectors.source != "text_encoder":
+        """The text encoder of the bundle's item vectors, or None when the indexer's encoder makes them (or the
+        bundle has no item vectors)."""
+        spec = bundle.manifest.item_vectors
+        if spec is None or spec.source != "text_encoder":
             return None
-        spec = entry.text_vectors
         assert spec.text_encoder_file is not None and spec.tokenizer_file is not None
         tokenizer = TextTokenizer(bundle.path(spec.tokenizer_file), spec.max_input_length)
         return cls(bundle.path(spec.text_encoder_file), tokenizer, **options)  # type: ignore[arg-type]

@@ -56,7 +56,7 @@ class ResultCache:
 
 
 class CachedRanker:
-    """A Ranker whose rankings are cached by (model, index version, normalised text, k)."""
+    """A Ranker whose rankings are cached by (model, index version, normalised text, k, mode)."""
 
     def __init__(self, inner: Ranker, cache: ResultCache) -> None:
         self._inner = inner
@@ -67,14 +67,14 @@ class CachedRanker:
         """The live index version of the wrapped ranker."""
         return self._inner.index_version
 
-    async def rank(self, model: str, text: str, k: int) -> Ranking:
+    async def rank(self, model: str, text: str, k: int, mode: str = "generative") -> Ranking:
         """The cached ranking when present, else the wrapped ranker's (then cached)."""
-        request = {"text": text, "k": k}
+        request = {"text": text, "k": k, "mode": mode}
         version = self._inner.index_version
         cached = await self._cache.get("result", self._cache.key(model, version, request))
         if cached is not None:
             return Ranking(results_json=cached, index_version=version, cached=True)
-        ranking = await self._inner.rank(model, text, k)
+        ranking = await self._inner.rank(model, text, k, mode)
         # Stored under the version the ranking was computed against (it may be older than the
         # version read above if an update landed meanwhile; then no reader will ask for that key).
         await self._cache.set(self._cache.key(model, ranking.index_version, request), ranking.results_json)

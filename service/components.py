@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from service.engine import (
     DocumentSource,
     Engine,
     EngineLimits,
+    HybridSearch,
     IndexDocuments,
     ModelRanker,
     Ranker,
@@ -111,7 +113,7 @@ class Components:
                               index_version=manifest.index_version, synchronous=settings.store_synchronous)
         recommender_entry = manifest.models.get("recommender")
         item_vectors = None
-        if isinstance(recommender_entry, ItemTokenRecommenderEntry):
+        if manifest.item_vectors is not None:  # the recommender's item tokens and hybrid search read them
             item_vectors = await asyncio.to_thread(read_item_vectors, bundle)
         index = await asyncio.to_thread(LiveIndex, table, trie, store, item_vectors)
         providers = choose_providers(settings.execution_provider.value)
@@ -129,13 +131,22 @@ class Components:
                 tokenizer=tokenizer, providers=providers, intra_op_threads=settings.intra_op_threads,
                 allow_spinning=settings.allow_spinning)
         searchers = {name: model for name, model in models.items() if name != "indexer"}
+        text_vectors = await asyncio.to_thread(TextVectorRunner.for_bundle, bundle, providers=providers,
+                                               intra_op_threads=settings.intra_op_threads)
+        retriever_entry = manifest.models.get("retriever")
+        search = retriever_entry.search if isinstance(retriever_entry, TextModelEntry) else None
+        hybrid: dict[str, HybridSearch] = {}
+        if search is not None and "retriever" in searchers and manifest.item_vectors is not None:
+            query_vectors = await asyncio.to_thread(
+                _query_vector_encoder, bundle, models["indexer"], precision, text_vectors, providers, settings)
+            hybrid["retriever"] = HybridSearch(
+                weight=search.hybrid_weight, query_vectors=query_vectors,
+                dense_candidates=settings.search_dense_candidates or search.dense_candidates)
         ranker = ModelRanker(searchers, index, metrics, beam_size=settings.beam_size,
                              batch_max_size=settings.batch_max_size,
                              batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
-                             queue_max_depth=settings.queue_max_depth)
+                             queue_max_depth=settings.queue_max_depth, hybrid=hybrid)
         recommendations: RecommendationRanker | None = None
-        text_vectors = await asyncio.to_thread(TextVectorRunner.for_bundle, bundle, providers=providers,
-                                               intra_op_threads=settings.intra_op_threads)
         if isinstance(recommender_entry, ItemTokenRecommenderEntry):
             runner = await asyncio.to_thread(
                 RecommenderRunner.for_bundle, bundle, providers=providers,
@@ -149,6 +160,8 @@ class Components:
         # Warm up: the first onnxruntime run of a session allocates; keep that out of request latency.
         for name in searchers:
             await asyncio.to_thread(ranker.rank_now, name, [("warm up", 1)])
+            if ranker.has_hybrid(name):
+                await asyncio.to_thread(ranker.rank_now, name, [("warm up", 1)], "hybrid")
         if recommendations is not None and len(index.snapshot):
             await asyncio.to_thread(recommendations.rank_now, [RecommendQuery(
                 recommendations.history_of_rows([0]), 1, recommendations.entry.default_mode)])
@@ -189,7 +202,7 @@ class Components:
                                             max_batch_documents=settings.max_batch_documents,
                                             max_text_chars=settings.max_text_chars),
                         recommender=recommendations, models=list(searchers), text_vectors=text_vectors,
-                        cache=result_cache)
+                        cache=result_cache, search=search, hybrid_search=ranker.has_hybrid("retriever"))
         ranker.start()
         if recommendations is not None:
             recommendations.start()
@@ -236,6 +249,20 @@ class Components:
                 "models": sorted(self.bundle.manifest.models), "execution_providers": self.providers,
                 "indexer_precision": self.indexer_precision,
                 "replication": self.writer.status(), "started_at": self.started_at}
+
+
+def _query_vector_encoder(bundle: Bundle, indexer: OnnxRunner, precision: str, text_vectors: TextVectorRunner | None,
+                          providers: list[str], settings: ServiceSettings) -> Callable[[list[str]], Any]:
+    """texts -> (Q, D) query vectors made as the bundle's item vectors were (manifest item_vectors): the bundle's
+    text encoder, or the indexer's encoder mean-pooled, always its fp32 graph (a second session of it when
+    POST /index-documents runs the int8 one: search runs fp32)."""
+    if text_vectors is not None:
+        return text_vectors.vectors
+    if precision == "int8":
+        indexer = OnnxRunner.for_model(bundle, "indexer", providers=providers,
+                                       intra_op_threads=settings.intra_op_threads,
+                                       allow_spinning=settings.allow_spinning)
+    return indexer.mean_vectors
 
 
 def _redact(url: str) -> str:

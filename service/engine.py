@@ -1,10 +1,12 @@
 """The engine: search, recommend, index documents, look documents up. No HTTP here.
 
 Request flow (service/README.md has the picture):
-    route -> Engine.search -> CachedRanker.rank (Redis, keyed by index version)
+    route -> Engine.search -> CachedRanker.rank (Redis, keyed by index version and mode)
           -> ModelRanker.rank -> MicroBatcher.submit -> worker thread:
              encoder once per query (bundle.OnnxRunner), then trie.constrained_beam_search with
-             OnnxRunner.step_fn (the live beams grouped per query, one decoder call per level)
+             OnnxRunner.step_fn (the live beams grouped per query, one decoder call per level);
+             hybrid queries also get their text vector and bundle.retrieval.hybrid_search over the
+             live dense index (bundle item vectors + the vectors of added documents)
 Blocking work (onnxruntime, beam search, SQLite) runs only in worker threads.
 """
 
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from bundle import RECOMMEND_MODES, History, OnnxRunner, TextVectorRunner
+from bundle import RECOMMEND_MODES, SEARCH_MODES, History, OnnxRunner, SearchSettings, TextVectorRunner, hybrid_search
 from service.batching import MicroBatcher
 from service.errors import (
     BadRequestError,
@@ -58,7 +60,7 @@ class Ranker(Protocol):
     @property
     def index_version(self) -> int: ...
 
-    async def rank(self, model: str, text: str, k: int) -> Ranking: ...
+    async def rank(self, model: str, text: str, k: int, mode: str = "generative") -> Ranking: ...
 
 
 class DocumentSource(Protocol):
@@ -89,6 +91,18 @@ class RecommendQuery:
 class _Query:
     text: str
     k: int
+    mode: str = "generative"
+
+
+@dataclass(frozen=True)
+class HybridSearch:
+    """What a model's hybrid search needs (docs/bundle.md "Search modes"): the rule's ``weight``, N of the dense
+    candidates (``max(N, k)`` are taken), and the encoder of the query vectors (texts -> (Q, D) float32, made as
+    the bundle's item vectors were). Blocking; called from the batch's worker thread."""
+
+    weight: float
+    dense_candidates: int
+    query_vectors: Callable[[list[str]], np.ndarray]
 
 
 def normalise_text(text: str) -> str:
@@ -98,14 +112,17 @@ def normalise_text(text: str) -> str:
 
 
 class ModelRanker:
-    """Ranks with the bundle's models: one micro-batcher per model, beam search over the live trie."""
+    """Ranks with the bundle's models: one micro-batcher per model, beam search over the live trie, and the
+    hybrid rule over the live dense index for ``hybrid`` queries of the models in ``hybrid``."""
 
     def __init__(self, models: dict[str, OnnxRunner], index: LiveIndex, metrics: Metrics, *, beam_size: int,
-                 batch_max_size: int, batch_max_wait_s: float, queue_max_depth: int) -> None:
+                 batch_max_size: int, batch_max_wait_s: float, queue_max_depth: int,
+                 hybrid: dict[str, HybridSearch] | None = None) -> None:
         self._index = index
         self._metrics = metrics
         self._beam_size = beam_size
         self._models = models
+        self._hybrid = dict(hybrid or {})
         self._batchers: dict[str, MicroBatcher[_Query, Ranking]] = {
             name: MicroBatcher(name, self._batch_runner(model), max_size=batch_max_size,
                                max_wait_s=batch_max_wait_s, max_queue=queue_max_depth, metrics=metrics)
@@ -117,6 +134,10 @@ class ModelRanker:
         """The live index version."""
         return self._index.snapshot.version
 
+    def has_hybrid(self, model: str) -> bool:
+        """Whether ``model`` can rank in the hybrid mode (the bundle has item vectors)."""
+        return model in self._hybrid and self._index.snapshot.dense is not None
+
     def start(self) -> None:
         """Start the batchers (on the running loop)."""
         for batcher in self._batchers.values():
@@ -127,22 +148,34 @@ class ModelRanker:
         for batcher in self._batchers.values():
             await batcher.stop()
 
-    async def rank(self, model: str, text: str, k: int) -> Ranking:
-        """The top-k documents for ``text`` according to ``model`` (queued, micro-batched)."""
+    async def rank(self, model: str, text: str, k: int, mode: str = "generative") -> Ranking:
+        """The top-k documents for ``text`` according to ``model`` in ``mode`` (queued, micro-batched)."""
         batcher = self._batchers.get(model)
         if batcher is None:
             raise NotFoundError(f"this bundle has no {model} model")
-        return await batcher.submit(_Query(text, k))
+        return await batcher.submit(_Query(text, k, mode))
 
-    def rank_now(self, model: str, queries: list[tuple[str, int]]) -> list[Ranking]:
+    def rank_now(self, model: str, queries: list[tuple[str, int]], mode: str = "generative") -> list[Ranking]:
         """Rank a batch synchronously, bypassing the queue (readiness checks, benchmarks)."""
-        return self._batch_runner(self._models[model])([_Query(t, k) for t, k in queries])
+        return self._batch_runner(self._models[model])([_Query(t, k, mode) for t, k in queries])
 
     def _batch_runner(self, model: OnnxRunner) -> Callable[[list[_Query]], Sequence[Ranking]]:
         def run(queries: list[_Query]) -> list[Ranking]:
             snapshot = self._index.snapshot  # one consistent index version for the whole batch
             encoded = model.encode([q.text for q in queries])
             rankings: list[Ranking | None] = [None] * len(queries)
+            hybrid_members = [i for i, q in enumerate(queries) if q.mode == "hybrid"]
+            hybrid = self._hybrid.get(model.name)
+            query_vectors = np.zeros((len(queries), 0), dtype=np.float32)
+            hybrid_seconds = 0.0
+            if hybrid_members:
+                if hybrid is None or snapshot.dense is None:  # the engine refuses such requests first
+                    raise RuntimeError(f"hybrid search is not available for the {model.name} model")
+                started = time.perf_counter()
+                vectors = hybrid.query_vectors([queries[i].text for i in hybrid_members])
+                query_vectors = np.zeros((len(queries), vectors.shape[1]), dtype=np.float32)
+                query_vectors[hybrid_members] = vectors
+                hybrid_seconds += time.perf_counter() - started
             # Queries asking for more than beam_size results get a wider beam; group by beam width so a
             # query's results never depend on what its batch mates asked for.
             groups: dict[int, list[int]] = {}
@@ -151,14 +184,43 @@ class ModelRanker:
             for beam_size, members in groups.items():
                 index = np.asarray(members)
                 sub = encoded.rows(index)
-                top_k = max(queries[i].k for i in members)
+                # hybrid reads every complete ID of the beam (its candidates), generative the first k
+                wants_beam = any(queries[i].mode == "hybrid" for i in members)
+                top_k = beam_size if wants_beam else max(queries[i].k for i in members)
                 started = time.perf_counter()
                 result = constrained_beam_search(model.step_fn(sub), snapshot.trie, num_queries=len(members),
                                                  beam_size=beam_size, top_k=top_k)
                 self._metrics.beam_search_seconds.labels(model=model.name).observe(time.perf_counter() - started)
+                by_candidates: dict[int, list[int]] = {}  # hybrid queries by their dense top-N, max(N, k)
                 for j, i in enumerate(members):
-                    hits = self._hits(model.name, snapshot, result, j, queries[i].k)
-                    rankings[i] = Ranking(encode_hits(hits), snapshot.version)
+                    if queries[i].mode == "hybrid":
+                        assert hybrid is not None
+                        by_candidates.setdefault(max(hybrid.dense_candidates, queries[i].k), []).append(j)
+                    else:
+                        hits = self._hits(model.name, snapshot, result, j, queries[i].k)
+                        rankings[i] = Ranking(encode_hits(hits), snapshot.version)
+                for dense_candidates, positions in by_candidates.items():
+                    assert hybrid is not None
+                    started = time.perf_counter()
+                    chosen = [members[j] for j in positions]
+                    counts = result.counts[positions]
+                    beam_rows = np.where(np.arange(result.rows.shape[1])[None, :] < counts[:, None],
+                                         result.rows[positions], -1)
+                    ranking = hybrid_search(beam_rows, result.scores[positions], query_vectors[chosen],
+                                            snapshot.dense, weight=hybrid.weight, dense_candidates=dense_candidates,
+                                            top_k=max(queries[i].k for i in chosen))
+                    hybrid_seconds += time.perf_counter() - started
+                    for n, i in enumerate(chosen):
+                        rows = ranking.rows[n]
+                        valid = rows >= 0
+                        semantic_ids = np.full((len(rows), len(snapshot.trie.codebook_sizes)), -1, dtype=np.int64)
+                        if valid.any():
+                            semantic_ids[valid] = snapshot.trie.semantic_ids_of(rows[valid])
+                        hits = ranked_hits(self._metrics, model.name, snapshot, rows, semantic_ids,
+                                           ranking.scores[n], int(ranking.counts[n]), queries[i].k)
+                        rankings[i] = Ranking(encode_hits(hits), snapshot.version)
+            if hybrid_members:
+                self._metrics.hybrid_search_seconds.labels(model=model.name).observe(hybrid_seconds)
             return [r for r in rankings if r is not None]
 
         return run
@@ -243,7 +305,8 @@ class Engine:
     def __init__(self, *, index: LiveIndex, ranker: Ranker, documents: DocumentSource, writer: IndexWriter,
                  indexer: OnnxRunner, metrics: Metrics, limits: EngineLimits,
                  recommender: RecommendationRanker | None, models: Sequence[str],
-                 text_vectors: TextVectorRunner | None = None, cache: ResultCache | None = None) -> None:
+                 text_vectors: TextVectorRunner | None = None, cache: ResultCache | None = None,
+                 search: SearchSettings | None = None, hybrid_search: bool = False) -> None:
         self.index = index
         self._ranker = ranker
         self._documents = documents
@@ -254,6 +317,9 @@ class Engine:
         self._recommender = recommender  # None without a recommender in the bundle
         # The recommender's own text encoder; None: the indexer's encoder run makes the vectors.
         self._text_vectors = text_vectors
+        # The retriever's search modes (manifest models.retriever.search) and whether hybrid is served.
+        self._search = search
+        self._hybrid_search = hybrid_search
         self._cache = cache  # Redis result cache (recommendations keyed by their input and the index version)
         self._models = set(models)
         # One indexer call at a time: it already uses every core.
@@ -280,12 +346,22 @@ class Engine:
                                   f"{self.limits.max_query_chars}")
         return normalised
 
-    async def search(self, query: str, k: int) -> SearchOutcome:
-        """The top-k documents for a query (retriever model)."""
+    async def search(self, query: str, k: int, mode: str | None = None) -> SearchOutcome:
+        """The top-k documents for a query (retriever model) in ``mode`` (generative or hybrid; None: the
+        manifest's models.retriever.search.default_mode)."""
         if "retriever" not in self._models:
             raise NotFoundError("this bundle has no retriever model; POST /search is not available")
+        mode = mode or (self._search.default_mode if self._search is not None else "generative")
+        if mode not in SEARCH_MODES:
+            raise BadRequestError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}",
+                                  details=[{"loc": ["body", "mode"], "msg": f"unknown mode {mode!r}"}])
+        if mode == "hybrid" and not self._hybrid_search:
+            raise BadRequestError("mode 'hybrid' is not available: this bundle has no item vectors (manifest "
+                                  "item_vectors is null); use mode 'generative', or re-export the bundle",
+                                  details=[{"loc": ["body", "mode"], "msg": "hybrid needs the bundle's item vectors"}])
         text = self._check_text(query, "query")
-        return SearchOutcome(await self._ranker.rank("retriever", text, k))
+        self._metrics.search_queries.labels(mode=mode).inc()
+        return SearchOutcome(await self._ranker.rank("retriever", text, k, mode))
 
     async def recommend(self, history: list[str] | None, history_texts: list[str] | None, k: int,
                         mode: str | None = None) -> SearchOutcome:
@@ -360,12 +436,13 @@ class Engine:
         return SearchOutcome(ranking, warnings)
 
     def _codes_and_vectors(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Greedy codes (B, L), fallback codes (B, A) and, with a recommender, text vectors (B, D) of texts
-        (docs/bundle.md: the indexer's encoder run, or the recommender's text encoder). Blocking."""
+        """Greedy codes (B, L), fallback codes (B, A) and, when the bundle has item vectors, text vectors (B, D)
+        of texts (docs/bundle.md: the indexer's encoder run, or the bundle's text encoder). Blocking."""
+        has_vectors = self.index.snapshot.bundle_vectors is not None
         own_encoder = self._text_vectors is not None
-        codes, ranked, vectors = self._indexer.index_texts(
-            texts, FALLBACK_PREFIXES, vectors=self._recommender is not None and not own_encoder)
-        if self._recommender is not None and self._text_vectors is not None:
+        codes, ranked, vectors = self._indexer.index_texts(texts, FALLBACK_PREFIXES,
+                                                           vectors=has_vectors and not own_encoder)
+        if has_vectors and self._text_vectors is not None:
             vectors = self._text_vectors.vectors(texts)
         return codes, ranked, vectors
 
@@ -430,7 +507,7 @@ class Engine:
         vectors = np.zeros((0, 0), dtype=np.float32)
         if needs_codes:
             texts = [normalise_text(documents[i][1]) for i in needs_codes]
-            # With a recommender, each new document's text vector comes from the same encoder run.
+            # With item vectors, each new document's text vector comes from the same encoder run.
             async with self._indexer_slot:
                 codes, ranked, vectors = await asyncio.to_thread(self._codes_and_vectors, texts)
         position = {i: j for j, i in enumerate(needs_codes)}
@@ -450,6 +527,6 @@ class Engine:
         return IndexingOutcome(outcome.documents, outcome.index_version)
 
 
-__all__ = ["DocumentSource", "Engine", "EngineLimits", "IndexDocuments", "IndexWriter", "IndexingOutcome",
-           "ModelRanker", "Ranker", "Ranking", "RecommendQuery", "SearchOutcome", "ServiceError", "normalise_text",
-           "ranked_hits"]
+__all__ = ["DocumentSource", "Engine", "EngineLimits", "HybridSearch", "IndexDocuments", "IndexWriter",
+           "IndexingOutcome", "ModelRanker", "Ranker", "Ranking", "RecommendQuery", "SearchOutcome", "ServiceError",
+           "normalise_text", "ranked_hits"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bundle import DocumentTable
+from bundle import DenseIndex, DocumentTable
 from service.errors import ConflictError, IndexFullError
 from service.store import DocumentStore, StoredDocument
 from trie import CounterExhaustedError, SemanticIdTrie, next_free_id
@@ -51,7 +51,7 @@ class NewDocument:
     metadata: dict[str, Any]
     codes: tuple[int, ...]  # the greedy learned codes, levels 0..L-1
     alternatives: tuple[int, ...] = ()  # last-level codes by decreasing probability (fallback prefixes)
-    vector: tuple[float, ...] = ()  # the recommender's text vector (float32 values); () without a recommender
+    vector: tuple[float, ...] = ()  # the text vector (float32 values); () when the bundle has no item vectors
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form carried by the Redis stream (the vector too: every replica stores the writer's)."""
@@ -95,6 +95,7 @@ class IndexSnapshot:
     added_by_row: dict[int, StoredDocument] = field(default_factory=dict)
     row_of_added: dict[str, int] = field(default_factory=dict)
     bundle_vectors: np.ndarray | None = None  # (N, D) float32 item vectors of the bundle's rows, or None
+    dense: DenseIndex | None = None  # unit vectors of every row (added documents included), or None (hybrid search)
 
     def __len__(self) -> int:
         return len(self.trie)
@@ -121,7 +122,7 @@ class IndexSnapshot:
 
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
         """The text vectors (n, D) float32 of trie rows (bundle_vectors, or the stored vector of an added or
-        changed document). Zeros for a row without one (a document stored before a recommender was served)."""
+        changed document). Zeros for a row without one (a document stored before the bundle had item vectors)."""
         assert self.bundle_vectors is not None, "the bundle has no item vectors"
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.zeros((len(rows), self.bundle_vectors.shape[1]), dtype=np.float32)
@@ -165,7 +166,12 @@ class LiveIndex:
             ids = np.asarray([d.semantic_id for d in state.documents], dtype=np.int64)
             rows = np.asarray([d.row for d in state.documents], dtype=np.int64)
             trie = trie.with_inserted(ids, rows)
-        self.snapshot = IndexSnapshot(trie, state.index_version, bundle, added_by_row, row_of_added, bundle_vectors)
+        dense = None
+        if bundle_vectors is not None:  # the dense index of hybrid search: the bundle's vectors, then the stored ones
+            dense = _with_stored_vectors(DenseIndex.build(bundle_vectors), state.documents,
+                                         int(bundle_vectors.shape[1]))
+        self.snapshot = IndexSnapshot(trie, state.index_version, bundle, added_by_row, row_of_added, bundle_vectors,
+                                      dense)
         logger.info("index loaded: %d bundle documents, %d added or changed, version %d",
                     len(bundle), len(state.documents), state.index_version)
 
@@ -266,6 +272,23 @@ class LiveIndex:
                 added_by_row[d.row] = d
                 row_of_added[d.doc_id] = d.row
             self._next_row = next_row
+            dense = snapshot.dense
+            if dense is not None:  # new and re-indexed documents (a metadata update keeps its vector)
+                new_rows = set(inserted_rows)
+                dense = _with_stored_vectors(dense, [d for d in stored if d.row in new_rows], dense.dim)
             self.snapshot = IndexSnapshot(new_trie, version, snapshot.bundle, added_by_row, row_of_added,
-                                          snapshot.bundle_vectors)
+                                          snapshot.bundle_vectors, dense)
         return UpdateOutcome(outcomes, version)
+
+
+def _with_stored_vectors(dense: DenseIndex, documents: list[StoredDocument], dim: int) -> DenseIndex:
+    """``dense`` with the vectors of stored (added or changed) documents at their rows; a document stored
+    without a vector (before the bundle had item vectors) has none there (never a dense candidate)."""
+    if not documents:
+        return dense
+    rows = np.asarray([d.row for d in documents], dtype=np.int64)
+    vectors = np.zeros((len(documents), dim), dtype=np.float32)
+    for i, d in enumerate(documents):
+        if d.vector is not None and len(d.vector) == dim:
+            vectors[i] = d.vector
+    return dense.with_rows(rows, vectors)

@@ -1,7 +1,7 @@
 """POST /recommend with the bundle's item-token recommender (docs/bundle.md "The item-token recommender").
 
 A history is a list of items, each its text vector and semantic ID: for a doc_id, the vector stored
-with it (the bundle's item_vectors.npy, or the one computed when it was added through
+with it (the bundle's item vectors, or the one computed when it was added through
 /index-documents) and its ID in the live index; for a text of ``history_texts``, the vector of the
 indexer's encoder, mean-pooled as training's text vectors were, and the ID a new document with that
 text would get (greedy codes, then the next free counter; it is not stored). The ranking itself is
@@ -82,6 +82,7 @@ class RecommendationRanker:
         snapshot = self._index.snapshot
         rows_array = np.asarray(list(rows), dtype=np.int64)
         recent = rows_array[-self.entry.max_history:]
-        vectors = np.zeros((len(rows_array), self.entry.text_vectors.dim), dtype=np.float32)
+        assert snapshot.bundle_vectors is not None  # a bundle with a recommender has item vectors
+        vectors = np.zeros((len(rows_array), snapshot.bundle_vectors.shape[1]), dtype=np.float32)
         vectors[len(rows_array) - len(recent):] = snapshot.vectors_of(recent)
         return History(vectors, snapshot.trie.semantic_ids_of(rows_array))

@@ -96,9 +96,11 @@ def _ranking_response(outcome: SearchOutcome, started: float) -> Response:
 @router.post("/search", response_model=SearchResponse, tags=["retrieval"],
              responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No retriever in the bundle"}})
 async def search(body: SearchRequest, engine: EngineDep) -> Response:
-    """The k documents whose semantic IDs the retriever ranks highest for the query."""
+    """The k best documents for the query: in the generative mode the retriever's beam order, in the hybrid
+    mode the beam's candidates and the nearest documents by text vector, scored by the bundle's hybrid rule
+    (see the `mode` and `score` fields). Without `mode`, the bundle's default mode."""
     started = time.perf_counter()
-    return _ranking_response(await engine.search(body.query, body.k), started)
+    return _ranking_response(await engine.search(body.query, body.k, body.mode), started)
 
 
 @router.post("/recommend", response_model=SearchResponse, tags=["recommendation"],

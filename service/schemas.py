@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -167,6 +167,20 @@ def _not_blank(value: str, what: str) -> str:
     return value
 
 
+SEARCH_MODE_VALUES = ("generative", "hybrid")  # bundle.SEARCH_MODES (checked equal by the tests)
+
+
+def _check_search_mode(value: Any) -> Any:
+    # A BeforeValidator, so the 422 names the value given (a Literal's own message does not).
+    if isinstance(value, str) and value not in SEARCH_MODE_VALUES:
+        raise PydanticCustomError("unknown_mode", "unknown mode {mode}; expected one of {modes}",
+                                  {"mode": repr(value[:64]), "modes": " or ".join(SEARCH_MODE_VALUES)})
+    return value
+
+
+SearchMode = Annotated[Literal["generative", "hybrid"] | None, BeforeValidator(_check_search_mode)]
+
+
 class SearchRequest(BaseModel):
     """POST /search."""
 
@@ -174,6 +188,15 @@ class SearchRequest(BaseModel):
 
     query: Text = Field(description="The query text (at most max_query_chars characters). " + TEXT_RULE + ".")
     k: K = 10
+    mode: SearchMode = Field(
+        None, description="How the retriever ranks. generative: its constrained beam search, in beam order (score: "
+                          "the summed log-probability of the semantic ID, <= 0). hybrid: the beam's candidates and "
+                          "the documents nearest to the query by text vector, scored (1 - w) * cosine + w * p, p the "
+                          "beam's probability of the document's ID (0 outside the beam), w the bundle's "
+                          "models.retriever.search.hybrid_weight (score <= 1, comparable across queries). Default "
+                          "(null): the bundle's models.retriever.search.default_mode (chosen on its development split: "
+                          "hybrid unless it ranked worse there; GET /info). Another value: 422 naming it; hybrid "
+                          "on a bundle without item vectors: 422 naming mode.")
 
     @field_validator("query")
     @classmethod
@@ -214,7 +237,13 @@ class SearchHit(BaseModel):
 
     doc_id: str
     score: float = Field(allow_inf_nan=False,
-                         description="Summed log-probability of the semantic ID (higher is better); finite.")
+                         description="Higher is better; finite; comparable across queries of one mode. /search "
+                                     "generative and /recommend generative: the summed log-probability of the "
+                                     "semantic ID (<= 0; exp(score) is its probability). /search hybrid: "
+                                     "(1 - w) * cosine(query, document text vectors) + w * p, p the beam's "
+                                     "probability of the ID (0 outside the beam), w the bundle's hybrid_weight: at "
+                                     "most 1, so one threshold cuts weak matches. /recommend hybrid: the fused "
+                                     "score (1 - w) * log-probability + w * dense-head score.")
     semantic_id: list[int]
     document: DocumentBody
 

@@ -127,6 +127,12 @@ class ServiceSettings(BaseSettings):
         20, ge=1,
         description="Beams of the constrained beam search (at least k is used). More beams: better recall, "
                     "slower.")
+    search_dense_candidates: int | None = Field(
+        None, ge=1, le=10_000,
+        description="POST /search in the hybrid mode: N of the dense top-N documents (by cosine of text vectors, over "
+                    "every indexed document) joined to the beam's candidates; max(N, k) are taken. More: a wider "
+                    "candidate set, slightly slower. Unset: the bundle's models.retriever.search.dense_candidates, "
+                    "the N its hybrid weight was chosen with.")
     recommend_exclude_history: bool | None = Field(
         None, description="POST /recommend leaves out the items of the user's whole history (repeat purchases "
                           "are a real use: false keeps them). Unset: the bundle's "

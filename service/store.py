@@ -1,7 +1,7 @@
 """The durable document store: SQLite in WAL mode, one file per replica.
 
 It holds what the bundle does not: the documents added (or changed) through /index-documents, with
-their semantic IDs, trie rows and (with an item-token recommender) text vectors (float32 bytes), plus
+their semantic IDs, trie rows and (when the bundle has item vectors) text vectors (float32 bytes), plus
 a few counters (index version, next free row, the last applied update of the Redis stream). Every
 update is one transaction, committed before the client is answered; with ``synchronous=FULL`` the
 WAL is fsynced at every commit (NORMAL survives kill -9, not a power loss).
@@ -58,7 +58,7 @@ class StoredDocument:
     text: str
     metadata: dict[str, Any]
     semantic_id: tuple[int, ...]
-    vector: np.ndarray | None = None  # (D,) float32: the recommender's text vector; None without a recommender
+    vector: np.ndarray | None = None  # (D,) float32: its text vector; None when the bundle has no item vectors
 
 
 @dataclass(frozen=True)

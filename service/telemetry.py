@@ -34,6 +34,7 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # The model names used as the `model` label (the bundle's three jobs).
 MODEL_NAMES: tuple[str, ...] = ("indexer", "retriever", "recommender")
+SEARCH_MODES: tuple[str, ...] = ("generative", "hybrid")
 CACHE_KINDS: tuple[str, ...] = ("result", "document")
 CACHE_RESULTS: tuple[str, ...] = ("hit", "miss", "error")
 REDIS_OPERATIONS: tuple[str, ...] = ("cache_get", "cache_set", "stream_publish", "stream_read", "ping")
@@ -76,6 +77,15 @@ class Metrics:
             "lmindexer_beam_search_duration_seconds",
             "Time of one batched constrained beam search (decoder steps included), by model.",
             ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.hybrid_search_seconds = Histogram(
+            "lmindexer_hybrid_search_duration_seconds",
+            "Time of the hybrid part of one batched search (query text vectors, dense top-N over every "
+            "document, fusion with the beam's candidates), by model; the beam search is not included.",
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.search_queries = Counter(
+            "lmindexer_search_queries_total",
+            "POST /search queries answered (cached or not; invalid ones not counted), by mode (generative|hybrid).",
+            ["mode"], registry=r)
         self.queue_depth = Gauge(
             "lmindexer_queue_depth", "Requests waiting in the micro-batch queue, by model.",
             ["model"], registry=r)
@@ -119,6 +129,8 @@ class Metrics:
             self.invalid_ids.labels(model=model)
             self.nonfinite_scores.labels(model=model)
             self.queue_depth.labels(model=model).set(0)
+        for mode in SEARCH_MODES:
+            self.search_queries.labels(mode=mode)
         for kind in CACHE_KINDS:
             for result in CACHE_RESULTS:
                 self.cache_lookups.labels(kind=kind, result=result)

@@ -112,7 +112,9 @@ function hitNode(hit) {
     el("a", { className: "hit-title", text: titleOf(document_), href: docHref(hit.doc_id) }),
     el("div", { className: "hit-meta" },
       el("span", { className: "score", text: `score ${Number(hit.score).toFixed(3)}`,
-                   title: "log-probability of this semantic ID under the model (0 is the most likely)" }),
+                   title: "higher is better. Generative ranking: the log-probability of this semantic ID (0 is the " +
+                          "most likely). Hybrid search: (1 - w) * cosine of the text vectors + w * the ID's " +
+                          "probability, at most 1 (README: what a search score means)" }),
       semanticIdNode(hit.semantic_id),
       el("code", { className: "doc-id", text: hit.doc_id })),
     category ? el("div", { className: "category", text: showCategory(category) }) : null);

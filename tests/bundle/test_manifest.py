@@ -16,6 +16,7 @@ from bundle import (
     BundleError,
     BundleManifest,
     ItemTokenRecommenderEntry,
+    SearchSettings,
     TextModelEntry,
     TextVectorSpec,
 )
@@ -24,17 +25,19 @@ from tests.service.tiny_bundle import untrained_manifest
 RECOMMENDER = ItemTokenRecommenderEntry(
     kind="item_token_recommender", sequence_model="recommender/sequence_model.onnx",
     decoder_step="recommender/decoder_step.onnx", dense_head="recommender/dense_head.onnx",
-    item_vectors="recommender/item_vectors.npy", hidden_size=16, max_history=20,
-    text_vectors=TextVectorSpec(dim=32, encoder="indexer network", max_input_length=48, pooling="mean",
-                                normalized=True, source="indexer", text_encoder_file=None, tokenizer_file=None,
-                                checked_items=0, max_abs_diff=0.0),
-    beam_size=20, default_mode="hybrid", hybrid_weight=0.3, exclude_history=True, parity=None, evaluation={})
+    hidden_size=16, max_history=20, beam_size=20, default_mode="hybrid", hybrid_weight=0.3, exclude_history=True,
+    parity=None, evaluation={})
+ITEM_VECTORS = TextVectorSpec(file="vectors/item_vectors.npy", dim=32, encoder="indexer network", max_input_length=48,
+                              pooling="mean", normalized=True, source="indexer", text_encoder_file=None,
+                              tokenizer_file=None, checked_items=0, max_abs_diff=0.0)
+SEARCH = SearchSettings(default_mode="hybrid", hybrid_weight=0.2, dense_candidates=100, chosen_on="valid: 100 queries")
 
 
 @pytest.fixture
 def manifest() -> BundleManifest:
     return untrained_manifest(num_levels=2, codebook_size=16, counter_size=64, num_documents=10, hidden_size=32,
-                              note="test", max_query_length=24, max_document_length=48, recommender=RECOMMENDER)
+                              note="test", max_query_length=24, max_document_length=48, recommender=RECOMMENDER,
+                              item_vectors=ITEM_VECTORS, search=SEARCH)
 
 
 def _raw(manifest: BundleManifest) -> dict:
@@ -48,16 +51,21 @@ def test_to_json_and_from_json_round_trip(manifest: BundleManifest) -> None:
     assert {role: entry.max_input_length for role, entry in again.models.items() if role != "recommender"} == {
         "indexer": 48, "retriever": 24}
     assert again.models["recommender"] == RECOMMENDER
+    assert again.item_vectors == ITEM_VECTORS and again.models["retriever"].search == SEARCH
+    assert again.models["indexer"].search is None
     assert isinstance(again.models["retriever"], TextModelEntry) and MODEL_KINDS["text_to_id"] is TextModelEntry
     assert MODEL_KINDS["item_token_recommender"] is ItemTokenRecommenderEntry
-    assert again.files()[-4:] == RECOMMENDER.files()
+    assert again.files()[-3:] == RECOMMENDER.files() and "vectors/item_vectors.npy" in again.files()
 
 
 @pytest.mark.parametrize("path", [
     ("format_version",), ("semantic_ids",), ("semantic_ids", "counter_size"), ("models", "recommender", "max_history"),
     ("models", "retriever", "max_input_length"), ("models", "indexer", "int8_encoder"), ("training_config",),
-    ("models", "retriever", "kind"), ("models", "recommender", "text_vectors", "pooling"),
+    ("models", "retriever", "kind"), ("item_vectors", "pooling"), ("item_vectors", "file"), ("item_vectors",),
     ("models", "recommender", "default_mode"), ("models", "recommender", "hybrid_weight"),
+    ("models", "retriever", "search"), ("models", "indexer", "search"),
+    ("models", "retriever", "search", "default_mode"), ("models", "retriever", "search", "hybrid_weight"),
+    ("models", "retriever", "search", "dense_candidates"), ("models", "retriever", "search", "chosen_on"),
 ])
 def test_a_missing_key_is_refused_by_name(manifest: BundleManifest, path: tuple[str, ...]) -> None:
     raw = _raw(manifest)
@@ -71,7 +79,8 @@ def test_a_missing_key_is_refused_by_name(manifest: BundleManifest, path: tuple[
 
 @pytest.mark.parametrize("path", [
     ("max_history_length",), ("models", "recommender", "max_history_length"), ("semantic_ids", "codebook_size"),
-    ("models", "recommender", "text_vectors", "order_by"), ("models", "retriever", "history"),
+    ("item_vectors", "order_by"), ("models", "retriever", "history"), ("models", "recommender", "item_vectors"),
+    ("models", "recommender", "text_vectors"), ("models", "retriever", "search", "rrf_k"),
 ])
 def test_an_unknown_key_is_refused_by_name(manifest: BundleManifest, path: tuple[str, ...]) -> None:
     raw = _raw(manifest)
@@ -83,7 +92,7 @@ def test_an_unknown_key_is_refused_by_name(manifest: BundleManifest, path: tuple
         BundleManifest.from_json(json.dumps(raw))
 
 
-@pytest.mark.parametrize("version", [1, 2, 4, "3", None])
+@pytest.mark.parametrize("version", [1, 2, 3, 5, "4", None])
 def test_another_format_version_is_refused_naming_both(manifest: BundleManifest, version: object) -> None:
     raw = _raw(manifest)
     raw["format_version"] = version
@@ -105,7 +114,15 @@ def test_a_version_1_manifest_is_refused_for_its_version_not_its_keys() -> None:
     (("semantic_ids", "codebook_size_per_level"), [16], "must hold num_levels = 2 sizes"),
     (("models", "recommender", "default_mode"), "dense", "default_mode: 'dense' is not one of"),
     (("models", "recommender", "hybrid_weight"), 1.5, "hybrid_weight must be in"),
-    (("models", "recommender", "text_vectors", "source"), "text_encoder", "text_encoder_file and tokenizer_file"),
+    (("item_vectors", "source"), "text_encoder", "text_encoder_file and tokenizer_file"),
+    (("item_vectors", "max_input_length"), 64, "the indexer, which reads 48 tokens"),
+    (("models", "retriever", "search", "default_mode"), "dense", "default_mode: 'dense' is not one of"),
+    (("models", "retriever", "search", "hybrid_weight"), -0.1, "hybrid_weight must be in"),
+    (("models", "retriever", "search", "dense_candidates"), 0, "dense_candidates must be >= 1"),
+    (("models", "retriever", "search", "dense_candidates"), 1.5, "dense_candidates: expected an integer"),
+    (("models", "retriever", "search"), None, "the retriever must have one"),
+    (("models", "indexer", "search"), {"default_mode": "generative", "hybrid_weight": 0.0, "dense_candidates": 1,
+                                       "chosen_on": None}, "models.indexer.search: the retriever must have one"),
 ])
 def test_wrong_values_are_refused_by_name(manifest: BundleManifest, path: tuple[str, ...], value: object,
                                           message: str) -> None:
@@ -116,6 +133,19 @@ def test_wrong_values_are_refused_by_name(manifest: BundleManifest, path: tuple[
     parent[path[-1]] = value
     with pytest.raises(BundleError, match=message):
         BundleManifest.from_json(json.dumps(raw))
+
+
+def test_the_documents_vectors_are_required_by_a_recommender_and_by_default_hybrid_search(
+        manifest: BundleManifest) -> None:
+    raw = _raw(manifest)
+    raw["item_vectors"] = None
+    with pytest.raises(BundleError, match="item_vectors: the recommender reads"):
+        BundleManifest.from_json(json.dumps(raw))
+    del raw["models"]["recommender"]
+    with pytest.raises(BundleError, match="default_mode: hybrid needs the documents' text vectors"):
+        BundleManifest.from_json(json.dumps(raw))
+    raw["models"]["retriever"]["search"]["default_mode"] = "generative"
+    assert BundleManifest.from_json(json.dumps(raw)).item_vectors is None  # generative search needs none
 
 
 def test_roles_are_checked(manifest: BundleManifest) -> None:

@@ -1,9 +1,10 @@
 """The bundle contract (docs/bundle.md), end to end: export a tiny bundle with every model (indexer, retriever,
 item-token recommender) with training's code, load it through bundle/ and through the service, and check
 that the service answers what the export's parity check decoded for the same inputs (/search and /recommend,
-both modes); that the ONNX graphs have the contract's signatures; that a new document gets the ID torch and
-the counter rule give; and that a manifest with a missing key, an unknown key or another format version stops
-`lmindexer serve`."""
+both modes; /search hybrid: the bundle's rule, bundle.retrieval, applied to the parity decode's beam and
+training's text vectors of the queries); that the ONNX graphs have the contract's signatures; that a new
+document gets the ID torch and the counter rule give; and that a manifest with a missing key, an unknown key
+or another format version stops `lmindexer serve`."""
 
 from __future__ import annotations
 
@@ -21,12 +22,21 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import BertConfig, BertModel
 
-from bundle import Bundle, History, OnnxRunner, RecommenderRunner, read_item_vectors
+from bundle import (
+    Bundle,
+    DenseIndex,
+    History,
+    OnnxRunner,
+    RecommenderRunner,
+    SearchSettings,
+    hybrid_search,
+    read_item_vectors,
+)
 from service.app import create_app
 from service.settings import ServiceSettings
 from training.data.amazon import items_as_documents, load_amazon
 from training.downstream.cold_start import greedy_codes
-from training.downstream.evaluate import TorchModel, beam_search
+from training.downstream.evaluate import Decoded, TorchModel, beam_search
 from training.downstream.export import BundleModel, RecommenderModel, check_parity, export_bundle
 from training.encoder import load_tokenizer, mean_pool
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
@@ -47,6 +57,9 @@ QUERIES = [
 # Each model reads its own length: the service must cut every input where its model was trained.
 LENGTHS = {"indexer": 32, "retriever": 20}
 MAX_HISTORY = 3
+# The retriever's search modes as its evaluation would have chosen them (hybrid by default): 15 dense candidates
+# of the 60 documents beside the beam's 20.
+SEARCH = SearchSettings(default_mode="hybrid", hybrid_weight=0.4, dense_candidates=15, chosen_on="contract test")
 # Histories of 1 to 5 items (longer than max_history: the model reads the newest); rows, oldest first.
 HISTORIES = [list(range(i, i + n)) for i, n in ((0, 1), (5, 2), (10, 3), (20, 5), (40, 4), (50, 2))]
 
@@ -77,7 +90,8 @@ def exported(tmp_path_factory) -> tuple[Path, dict]:
     ids = np.concatenate([learned, np.r_[np.zeros(50), np.ones(10)][:, None]], axis=1).astype(np.int64)
     networks: dict = {"indexer": tiny_network(1), "retriever": tiny_network(2)}
     texts = [d.text for d in documents]
-    models = {name: BundleModel(network, texts[:30], LENGTHS[name]) for name, network in networks.items()}
+    models = {name: BundleModel(network, texts[:30], LENGTHS[name], search=SEARCH if name == "retriever" else None)
+              for name, network in networks.items()}
     torch.manual_seed(4)
     settings = RecommenderSettings(d_model=16, num_heads=2, num_layers=1, max_history=MAX_HISTORY, dropout=0.0)
     networks["recommender"] = Recommender(32, (16, 16, 4), settings).eval()
@@ -101,12 +115,14 @@ def client(exported, tmp_path_factory) -> Iterator[TestClient]:
 
 
 def _parity_decode(bundle: Bundle, networks: dict[str, SemanticIdNetwork], name: str,
-                   texts: list[str]) -> np.ndarray:
-    """What the export's parity check decodes for `texts`: (Q, 10, L+1) semantic IDs."""
+                   texts: list[str], top_k: int = 10) -> Decoded:
+    """What the export's parity check decodes for `texts`: the top_k (Q, top_k, L+1) semantic IDs, their summed
+    log-probabilities, trie rows and counts."""
     entry = bundle.manifest.models[name]
     torch_model = TorchModel(networks[name], load_tokenizer(), max_length=entry.max_input_length, device="cpu")
     figures, decoded = check_parity(torch_model, OnnxRunner.for_model(bundle, name), texts,
-                                    SemanticIdTrie.load(bundle.trie_path), tolerance=1e-4, beam_size=entry.beam_size)
+                                    SemanticIdTrie.load(bundle.trie_path), tolerance=1e-4, beam_size=entry.beam_size,
+                                    top_k=top_k)
     assert figures.top_k_identical and figures.tokens_identical and figures.max_abs_diff <= 1e-4
     return decoded
 
@@ -114,7 +130,7 @@ def _parity_decode(bundle: Bundle, networks: dict[str, SemanticIdNetwork], name:
 def test_the_manifest_records_every_model_and_its_input_settings(exported) -> None:
     bundle = Bundle.open(exported[0])
     manifest = bundle.manifest
-    assert manifest.format_version == 3 and manifest.codebook_sizes == (16, 16, 4)
+    assert manifest.format_version == 4 and manifest.codebook_sizes == (16, 16, 4)
     text_models = {name: entry for name, entry in manifest.models.items() if name != "recommender"}
     assert {name: entry.max_input_length for name, entry in text_models.items()} == LENGTHS
     recommender = manifest.models["recommender"]
@@ -122,8 +138,10 @@ def test_the_manifest_records_every_model_and_its_input_settings(exported) -> No
     assert (recommender.default_mode, recommender.hybrid_weight, recommender.exclude_history) == ("hybrid", 0.4, True)
     assert recommender.parity is not None and recommender.parity.top_k_identical
     assert recommender.parity.max_abs_diff <= 1e-4 and recommender.parity.inputs == len(HISTORIES)
-    assert recommender.text_vectors.source == "indexer" and recommender.text_vectors.max_abs_diff <= 1e-3
+    assert manifest.item_vectors is not None and manifest.item_vectors.source == "indexer"
+    assert manifest.item_vectors.max_abs_diff <= 1e-3 and manifest.item_vectors.max_input_length == LENGTHS["indexer"]
     assert read_item_vectors(bundle).shape == (60, 32)
+    assert manifest.models["retriever"].search == SEARCH and manifest.models["indexer"].search is None
     for entry in text_models.values():
         assert entry.kind == "text_to_id" and entry.beam_size == 20 and entry.pooling == "cross_attention"
         assert entry.parity is not None and entry.parity.top_k_identical and entry.parity.inputs == 30
@@ -193,9 +211,36 @@ def test_search_answers_what_the_parity_check_decoded(exported, client) -> None:
     bundle_dir, networks = exported
     decoded = _parity_decode(Bundle.open(bundle_dir), networks, "retriever", QUERIES)
     for q, query in enumerate(QUERIES):
-        response = client.post("/search", json={"query": query, "k": 10})
+        response = client.post("/search", json={"query": query, "k": 10, "mode": "generative"})
         assert response.status_code == 200, response.text
-        assert [hit["semantic_id"] for hit in response.json()["results"]] == decoded[q].tolist(), query
+        assert [hit["semantic_id"] for hit in response.json()["results"]] == decoded.semantic_ids[q].tolist(), query
+
+
+@pytest.mark.parametrize("mode", ["hybrid", None])
+def test_hybrid_search_answers_the_bundle_rule_on_the_parity_decode_and_trainings_vectors(exported, client,
+                                                                                          mode) -> None:
+    """The beam's candidates and their log-probabilities from the export's parity decode (every complete ID of
+    the beam), the queries' text vectors from training's encoder (the indexer network, mean-pooled), the
+    documents' from the bundle: bundle.retrieval's rule gives what /search answers (the default mode here)."""
+    bundle_dir, networks = exported
+    bundle = Bundle.open(bundle_dir)
+    entry = bundle.manifest.models["retriever"]
+    decoded = _parity_decode(bundle, networks, "retriever", QUERIES, top_k=entry.beam_size)
+    beam_rows = np.where(np.arange(decoded.rows.shape[1])[None, :] < decoded.counts[:, None], decoded.rows, -1)
+    want = hybrid_search(beam_rows, decoded.scores, item_vectors(networks["indexer"], QUERIES),
+                         DenseIndex.build(read_item_vectors(bundle)), weight=SEARCH.hybrid_weight,
+                         dense_candidates=SEARCH.dense_candidates, top_k=10)
+    doc_ids = bundle.documents().doc_ids
+    for q, query in enumerate(QUERIES):
+        response = client.post("/search", json={"query": query, "k": 10, **({"mode": mode} if mode else {})})
+        assert response.status_code == 200, response.text
+        hits = response.json()["results"]
+        assert [hit["doc_id"] for hit in hits] == [doc_ids[r] for r in want.rows[q, : want.counts[q]]], query
+        np.testing.assert_allclose([hit["score"] for hit in hits], want.scores[q, : want.counts[q]], atol=1e-5)
+    # the two modes differ: hybrid reads documents the beam never reached
+    generative = client.post("/search", json={"query": QUERIES[0], "k": 10, "mode": "generative"}).json()
+    hybrid = client.post("/search", json={"query": QUERIES[0], "k": 10, "mode": "hybrid"}).json()
+    assert [h["doc_id"] for h in generative["results"]] != [h["doc_id"] for h in hybrid["results"]]
 
 
 @pytest.mark.parametrize("mode", ["generative", "hybrid", None])

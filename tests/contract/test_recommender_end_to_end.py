@@ -50,7 +50,8 @@ def test_the_export_records_the_recommender_and_its_checks(bundle_dir: Path) -> 
     entry = bundle.manifest.models["recommender"]
     assert set(bundle.manifest.models) == {"indexer", "recommender"} and bundle.manifest.num_documents == 20
     assert entry.parity is not None and entry.parity.top_k_identical and entry.parity.max_abs_diff <= 1e-4
-    assert entry.text_vectors.source == "indexer" and entry.text_vectors.max_abs_diff <= 1e-3
+    vectors = bundle.manifest.item_vectors
+    assert vectors is not None and vectors.source == "indexer" and vectors.max_abs_diff <= 1e-3
     assert entry.default_mode in ("generative", "hybrid") and "valid" in entry.evaluation
     assert read_item_vectors(bundle).shape == (20, 384)
     table = bundle.documents()

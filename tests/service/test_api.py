@@ -198,7 +198,7 @@ def test_writes_need_the_api_key_when_set(keyed_client: TestClient) -> None:
 
 
 def test_overload_becomes_429_with_retry_after(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def overloaded(query: str, k: int) -> None:
+    async def overloaded(query: str, k: int, mode: str | None = None) -> None:
         raise OverloadedError("too many queued retriever requests")
 
     monkeypatch.setattr(client.app.state.components.engine, "search", overloaded)  # type: ignore[attr-defined]
@@ -213,7 +213,7 @@ def test_ops_endpoints(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["store_writable"] is True
     assert ready.json()["redis"] == "not configured"
     info = client.get("/info").json()
-    assert info["manifest"]["format_version"] == 3 and info["num_documents"] >= 300
+    assert info["manifest"]["format_version"] == 4 and info["num_documents"] >= 300
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in ("lmindexer_requests_total", "lmindexer_request_duration_seconds", "lmindexer_queue_wait_seconds",
@@ -221,7 +221,8 @@ def test_ops_endpoints(client: TestClient) -> None:
                  "lmindexer_beam_search_duration_seconds",
                  "lmindexer_cache_lookups_total", "lmindexer_redis_errors_total", "lmindexer_documents_indexed_total",
                  "lmindexer_index_documents", "lmindexer_index_version", "lmindexer_invalid_ids_total",
-                 "lmindexer_queue_depth"):
+                 "lmindexer_queue_depth", "lmindexer_search_queries_total",
+                 "lmindexer_hybrid_search_duration_seconds"):
         assert name in metrics.text, name
     assert 'lmindexer_requests_total{endpoint="/documents/{doc_id}"' in metrics.text  # templates, not ids
     assert 'lmindexer_invalid_ids_total{model="retriever"} 0.0' in metrics.text

@@ -19,7 +19,7 @@ class CountingRanker:
         self.calls = 0
         self.index_version = 3
 
-    async def rank(self, model: str, text: str, k: int) -> Ranking:
+    async def rank(self, model: str, text: str, k: int, mode: str = "generative") -> Ranking:
         self.calls += 1
         return Ranking(f'[{{"doc_id": "{text}-{k}"}}]'.encode(), self.index_version)
 

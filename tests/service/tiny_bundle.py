@@ -28,6 +28,7 @@ from bundle import (
     BundleManifest,
     Int8Encoder,
     ItemTokenRecommenderEntry,
+    SearchSettings,
     SemanticIdSpec,
     TextModelEntry,
     TextVectorSpec,
@@ -131,12 +132,24 @@ def _export_graphs(encoder: TinyEncoder, decoder: TinyDecoderStep, folder: Path)
                       opset_version=17)
 
 
+def write_item_vectors(out_dir: Path, vectors: np.ndarray, max_input_length: int = 128) -> TextVectorSpec:
+    """Save ``vectors`` (N, D), row i = document i, as the bundle's item vectors (``vectors/item_vectors.npy``)
+    made by the indexer's encoder, mean-pooled, reading ``max_input_length`` tokens (the indexer's); returns
+    the manifest's ``item_vectors`` (no export check: ``checked_items`` 0)."""
+    (out_dir / "vectors").mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "vectors" / "item_vectors.npy", np.asarray(vectors, dtype=np.float32))
+    return TextVectorSpec(file="vectors/item_vectors.npy", dim=int(vectors.shape[1]), encoder="the indexer's encoder",
+                          max_input_length=max_input_length, pooling="mean", normalized=True, source="indexer",
+                          text_encoder_file=None, tokenizer_file=None, checked_items=0, max_abs_diff=0.0)
+
+
 def untrained_recommender(out_dir: Path, vectors: np.ndarray, codebook_sizes: list[int], *, max_history: int = 20,
                           d_model: int = 16, seed: int = 0, default_mode: str = "generative",
                           hybrid_weight: float = 0.5) -> ItemTokenRecommenderEntry:
     """An untrained item-token recommender (training's model, seeded random weights) exported by training's
-    export (``training.recommendation.export.export_onnx``) into ``out_dir/recommender``, with ``vectors``
-    (N, D), row i = document i, as its item vectors; returns its manifest entry (no parity figures)."""
+    export (``training.recommendation.export.export_onnx``) into ``out_dir/recommender``, reading item vectors
+    of the width of ``vectors`` (N, D) (the bundle's, ``write_item_vectors``); returns its manifest entry (no
+    parity figures)."""
     import dataclasses
 
     from training.recommendation.export import export_onnx
@@ -150,32 +163,33 @@ def untrained_recommender(out_dir: Path, vectors: np.ndarray, codebook_sizes: li
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         files = export_onnx(model, out_dir / "recommender", int(vectors.shape[1]))
-    np.save(out_dir / "recommender" / "item_vectors.npy", np.asarray(vectors, dtype=np.float32))
     return ItemTokenRecommenderEntry(
         kind="item_token_recommender", sequence_model=f"recommender/{files['sequence_model']}",
         decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
-        item_vectors="recommender/item_vectors.npy", hidden_size=d_model, max_history=max_history,
-        text_vectors=TextVectorSpec(dim=int(vectors.shape[1]), encoder="the indexer's encoder", max_input_length=128,
-                                    pooling="mean", normalized=True, source="indexer", text_encoder_file=None,
-                                    tokenizer_file=None, checked_items=0,
-                                    max_abs_diff=0.0),
-        beam_size=20, default_mode=default_mode, hybrid_weight=hybrid_weight,  # type: ignore[arg-type]
+        hidden_size=d_model, max_history=max_history, beam_size=20,
+        default_mode=default_mode, hybrid_weight=hybrid_weight,  # type: ignore[arg-type]
         exclude_history=True, parity=None, evaluation={})
 
 
+UNTRAINED_SEARCH = SearchSettings(default_mode="generative", hybrid_weight=0.5, dense_candidates=100, chosen_on=None)
+
+
 def untrained_manifest(*, num_levels: int, codebook_size: int, counter_size: int, num_documents: int, hidden_size: int,
-                       note: str, recommender: ItemTokenRecommenderEntry | None = None, max_query_length: int = 64,
-                       max_document_length: int = 128, int8_file: str | None = None,
+                       note: str, recommender: ItemTokenRecommenderEntry | None = None,
+                       item_vectors: TextVectorSpec | None = None, search: SearchSettings = UNTRAINED_SEARCH,
+                       max_query_length: int = 64, max_document_length: int = 128, int8_file: str | None = None,
                        int8_agreement: dict | None = None) -> BundleManifest:
     """The manifest of a bundle made for tests or benchmarks, not by the export: indexer and retriever graphs
     at ``<role>/encoder.onnx`` and ``<role>/decoder_step.onnx``, the ``recommender`` entry when given (see
-    ``untrained_recommender``), no parity figures. The retriever reads ``max_query_length`` tokens, the
-    indexer ``max_document_length``."""
+    ``untrained_recommender``; it needs ``item_vectors``, see ``write_item_vectors``), the retriever's search
+    modes ``search`` (default: generative, w 0.5, chosen on no data), no parity figures. The retriever reads
+    ``max_query_length`` tokens, the indexer ``max_document_length``."""
     def entry(role: str, length: int, int8: Int8Encoder | None = None) -> TextModelEntry:
         return TextModelEntry(kind="text_to_id", encoder=f"{role}/encoder.onnx",
                               decoder_step=f"{role}/decoder_step.onnx", hidden_size=hidden_size,
                               max_input_length=length, pooling="cross_attention", beam_size=20,
-                              int8_encoder=int8, parity=None, evaluation={})
+                              int8_encoder=int8, search=search if role == "retriever" else None, parity=None,
+                              evaluation={})
 
     int8 = (Int8Encoder(file=int8_file, agreement=int8_agreement, skipped=None) if int8_file
             else Int8Encoder(file=None, agreement=None, skipped="not made for this test bundle"))
@@ -188,7 +202,7 @@ def untrained_manifest(*, num_levels: int, codebook_size: int, counter_size: int
         semantic_ids=SemanticIdSpec(num_levels=num_levels, codebook_size_per_level=(codebook_size,) * num_levels,
                                     counter_size=counter_size),
         tokenizer="tokenizer.json", trie="trie.bin", documents="documents.jsonl", num_documents=num_documents,
-        index_version=0, models=models, training_config={"note": note})
+        index_version=0, item_vectors=item_vectors, models=models, training_config={"note": note})
 
 
 def make_texts(count: int, seed: int = 0) -> list[str]:
@@ -262,6 +276,7 @@ def build_tiny_bundle(out_dir: Path, num_documents: int = 300, *, extra_random_i
             token_ids = torch.tensor([tokenizer.encode(d["text"]).ids])
             pooled.append(encoder(token_ids, torch.ones_like(token_ids)).mean(1)[0])
         vectors = torch.nn.functional.normalize(torch.stack(pooled), dim=-1).numpy()
+    item_vectors = write_item_vectors(out_dir, vectors)
     recommender = untrained_recommender(out_dir, vectors, CODEBOOK_SIZES, seed=seed)
     SemanticIdTrie.build(ids, codebook_sizes=CODEBOOK_SIZES).save(out_dir / "trie.bin")
     with open(out_dir / "documents.jsonl", "w", encoding="utf-8") as f:
@@ -269,7 +284,7 @@ def build_tiny_bundle(out_dir: Path, num_documents: int = 300, *, extra_random_i
             f.write(json.dumps(d) + "\n")
     write_manifest(out_dir, untrained_manifest(
         num_levels=NUM_LEVELS, codebook_size=CODEBOOK_SIZE, counter_size=COUNTER_SIZE, num_documents=len(documents),
-        hidden_size=HIDDEN, recommender=recommender,
+        hidden_size=HIDDEN, recommender=recommender, item_vectors=item_vectors,
         note=f"tiny random test bundle (tests/service/tiny_bundle.py), seed {seed}"))
     return out_dir
 

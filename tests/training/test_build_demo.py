@@ -45,7 +45,7 @@ def test_build_demo_writes_a_working_bundle(tmp_path: Path, capsys) -> None:
                    # HC IDs keep this test quick; the preset's LMIndexer-only overrides do not apply to them.
                    "--set", "ids_method=\"hc\"", "--set", "ids_overrides=[]",
                    "--set", "num_items=40", "--set", "max_users=60",
-                   "--set", "parity_inputs=10", "--set", "eval_queries=5",
+                   "--set", "parity_inputs=10", "--set", "eval_queries=5", "--set", "dev_queries=8",
                    "--set", "retriever_overrides=[\"steps=4\"]", "--set", "recommender_overrides=[\"max_epochs=2\"]"])
     assert status == 0
     assert "bundle" in capsys.readouterr().out
@@ -62,6 +62,14 @@ def test_build_demo_writes_a_working_bundle(tmp_path: Path, capsys) -> None:
     recommender = load_config(RecommenderSettings, preset_path("recommender", "tiny"), ["max_epochs=2"])
     entry = manifest.models["recommender"]
     assert entry.kind == "item_token_recommender" and entry.max_history == recommender.max_history
-    assert entry.text_vectors.source == "text_encoder" and entry.text_vectors.max_abs_diff <= 1e-3
+    vectors = manifest.item_vectors
+    assert vectors is not None and vectors.source == "text_encoder" and vectors.max_abs_diff <= 1e-3
     assert entry.default_mode in ("generative", "hybrid") and "valid" in entry.evaluation
+    # The retriever's search modes were chosen on the development titles, and test was scored with that weight.
+    retriever = manifest.models["retriever"]
+    search, evaluation = retriever.search, retriever.evaluation
+    assert search is not None and search.chosen_on == "beauty-titles valid split: 8 queries, NDCG@10"
+    assert search.hybrid_weight == evaluation["hybrid_weight"] and search.default_mode == evaluation["default_mode"]
+    assert evaluation["valid"]["queries"] == 8 and evaluation["test"]["queries"] == 5
+    assert set(evaluation["test"]["hybrid"]) == {"all", "warm", "cold"} and "dense" in evaluation["test"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # work files removed

@@ -132,3 +132,29 @@ def test_cold_documents_take_greedy_codes_and_the_next_free_counter(tiny_model: 
     trie, third = index_cold_documents(tiny_model, [texts[0]] * 3, warm, np.array([0, 1]), np.array([2, 3, 4]),
                                        [8, 8, 4])
     assert third[2].tolist() == [codes[0, 0], ranked[0, 1], 0]
+
+
+def test_the_hybrid_weight_is_the_best_on_the_given_queries_and_the_smaller_on_a_tie() -> None:
+    """Two queries by hand: q1's relevant d1 is the beam's second (p 0.1) but the nearest by cosine; q2's d3 is the
+    beam's first (p 0.8) but third by cosine. w = 0 finds d1 only, w = 1 d3 only; from w = 0.4 (to 0.45) both are
+    first; below it q2's d5 wins, above 0.5 q1's d0 does."""
+    from bundle import SearchCandidates
+    from training.downstream.experiment import choose_search_weight, default_search_mode, search_settings
+
+    neg = -np.inf
+    candidates = SearchCandidates(rows=np.array([[0, 1, 2], [3, 4, 5]]),
+                                  generative=np.log(np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]])),
+                                  dense=np.array([[0.1, 0.9, 0.5], [0.2, 0.3, 0.6]]))
+    assert candidates.generative[0, 2] == neg
+    doc_ids = [f"d{i}" for i in range(6)]
+    qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}
+    weight, figures = choose_search_weight(candidates, (0.0, 0.3, 0.45, 0.4, 0.5, 1.0), ["q1", "q2"], doc_ids, qrels)
+    assert weight == 0.4 and figures["0.4"] == figures["0.45"] == pytest.approx(1.0)
+    assert figures["0"] == pytest.approx((1 + 0.5) / 2) and figures["1"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+    assert figures["0.3"] < 1.0 and figures["0.5"] < 1.0
+    settings = search_settings({"hybrid_weight": 0.4, "default_mode": "hybrid", "dense_candidates": 100,
+                                "hybrid_chosen_on": "valid"})
+    assert settings is not None and (settings.default_mode, settings.hybrid_weight) == ("hybrid", 0.4)
+    assert search_settings({"valid": {}}) is None  # evaluated without hybrid: nothing chosen
+    assert default_search_mode(0.5, 0.6) == "hybrid" and default_search_mode(0.6, 0.5) == "generative"
+    assert default_search_mode(0.9, 0.9) == "hybrid"  # a tie: hybrid also reads the dense evidence

@@ -12,7 +12,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 import training.downstream.export as export_module
-from bundle import Bundle, OnnxRunner
+from bundle import Bundle, OnnxRunner, SearchSettings, read_item_vectors
 from training.data.amazon import items_as_documents, load_amazon
 from training.downstream.cold_start import greedy_codes
 from training.downstream.export import BundleModel, ParityError, export_bundle
@@ -55,10 +55,10 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
     out = tmp_path / "bundle"
     manifest = _export(out, corpus)
     assert sorted(p.name for p in out.iterdir()) == ["documents.jsonl", "indexer", "manifest.json", "retriever",
-                                                    "tokenizer.json", "trie.bin"]
+                                                    "tokenizer.json", "trie.bin", "vectors"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
-    assert manifest["format_version"] == 3
+    assert manifest["format_version"] == 4
     assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size_per_level": [8, 8], "counter_size": 4}
     entries = {name: dict(entry) for name, entry in manifest["models"].items()}
     agreement = entries["indexer"]["int8_encoder"]["agreement"]
@@ -66,13 +66,17 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
     assert entries == {
         "indexer": {"kind": "text_to_id", "encoder": "indexer/encoder.onnx",
                     "decoder_step": "indexer/decoder_step.onnx", "hidden_size": 32, "max_input_length": 48,
-                    "pooling": "cross_attention", "beam_size": 20, "evaluation": {},
+                    "pooling": "cross_attention", "beam_size": 20, "evaluation": {}, "search": None,
                     "int8_encoder": {"file": "indexer/encoder.int8.onnx", "agreement": agreement, "skipped": None}},
         "retriever": {"kind": "text_to_id", "encoder": "retriever/encoder.onnx",
                       "decoder_step": "retriever/decoder_step.onnx", "hidden_size": 32, "max_input_length": 24,
                       "pooling": "cross_attention", "beam_size": 12, "int8_encoder": None,
+                      # no search modes chosen on data were given: generative, recorded as not chosen
+                      "search": {"default_mode": "generative", "hybrid_weight": 0.5, "dense_candidates": 100,
+                                 "chosen_on": None},
                       "evaluation": {"ndcg@10": 0.5}},
     }
+
     # The int8 indexer encoder: measured on the indexer's 20 parity inputs, above the default minimum.
     assert agreement["inputs"] == 20 and len(agreement["per_level"]) == 2
     assert 0.9 <= agreement["prefix"] <= min(agreement["per_level"]) <= 1.0
@@ -97,6 +101,28 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
         assert trie.row_of(tuple(line["semantic_id"])) == row
         assert line["metadata"]["title"] == document.metadata["title"]
     assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"
+    # Without a recommender the documents' text vectors come from the indexer network's encoder, mean-pooled:
+    # what the bundle's indexer encoder gives the service for a new document (and a query).
+    vectors = manifest["item_vectors"]
+    assert (vectors["file"], vectors["dim"], vectors["source"], vectors["max_input_length"]) == (
+        "vectors/item_vectors.npy", 32, "indexer", 48)
+    assert vectors["checked_items"] == 40 and vectors["max_abs_diff"] <= 1e-3
+    bundle = Bundle.open(out)
+    served = OnnxRunner.for_model(bundle, "indexer").mean_vectors([d.text for d in documents])
+    np.testing.assert_allclose(read_item_vectors(bundle), served, atol=1e-5)
+
+
+def test_the_retrievers_search_modes_are_recorded_as_chosen(tmp_path: Path, corpus) -> None:
+    documents, ids = corpus
+    search = SearchSettings(default_mode="hybrid", hybrid_weight=0.3, dense_candidates=50,
+                            chosen_on="beauty-titles valid split: 20 queries, NDCG@10")
+    models = {"indexer": BundleModel(tiny_network(1), [d.text for d in documents][:10], 48),
+              "retriever": BundleModel(tiny_network(2), [str(d.metadata["title"]) for d in documents][:10], 24,
+                                       search=search)}
+    manifest = export_bundle(tmp_path / "bundle", models, documents, ids, load_tokenizer(), encoder="all-MiniLM-L6-v2",
+                             indexer_int8=False)
+    assert manifest.models["retriever"].search == search and manifest.models["indexer"].search is None
+    assert Bundle.open(tmp_path / "bundle").manifest == manifest
 
 
 def _greedy_codes(bundle: Path, int8: bool, texts: list[str]) -> np.ndarray:

@@ -9,7 +9,10 @@ Otherwise:
 
 Reads a `lmindexer finetune` output; indexes its cold-start documents (greedy codes of the indexer
 + next free counter), writes DIR/eval/<split>.run (TREC), DIR/eval/ids.jsonl and
-DIR/eval/metrics.json (all queries, warm and cold documents separately).
+DIR/eval/metrics.json (all queries, warm and cold documents separately). A retriever is also scored
+in the hybrid search mode (DIR/eval/<split>-hybrid.run; its weight and the default search mode are
+chosen on the validation split, which is evaluated first whatever --splits says) and by the dense
+ranking alone.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
         for part in ("warm", "cold"):
             print(f"  {part} ({figures[f'{part}_queries']} queries): "
                   + "  ".join(f"{k} {v:.4f}" for k, v in figures[part].items()))
+        for ranking in ("hybrid", "dense"):
+            if ranking in figures:
+                print(f"  {ranking}: " + "  ".join(f"{k} {v:.4f}" for k, v in figures[ranking]["all"].items()))
+    if "hybrid_weight" in results:
+        print(f"hybrid weight {results['hybrid_weight']:g}, default search mode {results['default_mode']} "
+              f"(chosen on {results['hybrid_chosen_on']})")
     print(json.dumps(results["cold_start"]))
     return 0
 

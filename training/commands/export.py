@@ -9,6 +9,11 @@ ranking mode and hybrid weight are chosen there). ONNX parity is checked on --pa
 model; a bundle that fails it is not written. The indexer's int8 encoder (for the service's
 /index-documents) is written too unless --no-indexer-int8, when its greedy codes agree with the fp32
 encoder's on at least --indexer-int8-min-agreement of the indexer's parity inputs.
+
+The documents' text vectors (the bundle's item vectors: the recommender's item tokens, the retriever's
+hybrid search) are the recommender's, else the ID source's encoder's (as the recommender would have
+them). The retriever's search modes (default mode, hybrid weight) come from its eval/metrics.json,
+evaluated on its validation split first when that holds no hybrid evaluation.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 from training.errors import UserInputError
@@ -48,12 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # deferred (measured: torch and transformers take 3-6 s to import): `lmindexer export --help` and argument
     # errors import this module to build the parser and must answer at once
-    from training.downstream.experiment import final_ids, load_finetuned, load_task
-    from training.downstream.export import BundleModel, export_bundle, load_recommender, parity_summary
+    from training.downstream.experiment import evaluate_task, final_ids, load_finetuned, load_task, search_settings
+    from training.downstream.export import (
+        BundleModel,
+        DocumentVectors,
+        export_bundle,
+        load_recommender,
+        parity_summary,
+    )
     from training.downstream.finetune import load_indexer_network
     from training.downstream.tasks import load_id_source
     from training.encoder import load_tokenizer
     from training.indexing.network import SemanticIdNetwork
+    from training.recommendation.items import text_vectors
 
     if args.retriever is None and args.recommender is None:
         raise UserInputError("give --retriever and/or --recommender")
@@ -84,15 +97,26 @@ def run(args: argparse.Namespace) -> int:
         pool = pool or texts
         return rng.sample(pool, min(args.parity_inputs, len(pool)))
 
+    item_vectors = None
     if retriever is not None:
         record, config, network = retriever
         task = load_task(record["dataset"], record.get("data_dir"), config)
         queries = [t for eval_set in task.eval_sets.values() for t in eval_set.texts]
-        models["retriever"] = BundleModel(network, sample(queries), config.max_input_length,
-                                          beam_size=config.beam_size)
         metrics_file = args.retriever / "eval" / "metrics.json"
-        if metrics_file.is_file():
-            evaluation["retriever"] = json.loads(metrics_file.read_text(encoding="utf-8"))
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+        if search_settings(metrics) is None and task.kind == "retrieval" and "valid" in task.eval_sets:
+            print(f"{args.retriever}: no hybrid evaluation in eval/metrics.json; evaluating on validation to choose "
+                  "the search mode and hybrid weight", file=sys.stderr)
+            metrics = {**metrics, **evaluate_task(task, args.retriever, splits=("valid",), progress=False)}
+            metrics_file.write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+        if metrics:
+            evaluation["retriever"] = metrics
+        models["retriever"] = BundleModel(network, sample(queries), config.max_input_length,
+                                          beam_size=config.beam_size, search=search_settings(metrics))
+        if recommender is None:  # the documents' text vectors, as the ID source's encoder makes them
+            vectors, made_by = text_vectors(texts, source)
+            item_vectors = DocumentVectors(vectors, encoder=str(made_by["encoder"]),
+                                           max_length=int(made_by["max_length"]), description=str(made_by["encoder"]))
     if args.indexer is not None:
         indexer = SemanticIdNetwork.load(args.indexer, counter_size=counter_size).eval()
     elif source.network_dir is not None:
@@ -115,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = export_bundle(args.out, models, documents, ids, tokenizer, encoder=indexer.config.encoder,
                              evaluation=evaluation, training_config=training_config, overwrite=args.overwrite,
                              indexer_int8=args.indexer_int8, indexer_int8_min_agreement=args.indexer_int8_min_agreement,
-                             recommender=recommender)
+                             recommender=recommender, item_vectors=item_vectors)
     print(f"bundle {args.out}: {manifest.num_documents} documents, models {', '.join(manifest.models)}")
     for line in parity_summary(manifest):
         print(f"  {line}")

@@ -10,8 +10,10 @@ integration tests' bundle, `tiny` the quickest end-to-end run):
 3. fine-tune a retriever on document-as-query and title-as-query pairs, and train the item-token
    recommender (`training.recommendation`, preset `recommender_preset`) on the subset written as
    P5 files (items and user sequences; leave-one-out, every item seen in training);
-4. evaluate both briefly (titles -> item for the retriever; `eval_queries` validation and test
-   users for the recommender, whose validation figures choose its default ranking mode);
+4. evaluate both briefly: the retriever on two disjoint seeded samples of item titles (title -> its
+   item): `dev_queries` titles (the "valid" split) choose its hybrid weight and default search mode,
+   `eval_queries` others (the "test" split) measure it; the recommender on `eval_queries` validation
+   and test users, whose validation figures choose its default ranking mode;
 5. export the bundle (indexer + retriever + recommender), with ONNX parity, and the indexer's int8
    encoder when it agrees with the fp32 one (`indexer_int8`, `indexer_int8_min_agreement`).
 
@@ -40,6 +42,7 @@ from training.downstream.experiment import (
     evaluate_task,
     finetune_task,
     load_finetuned,
+    search_settings,
 )
 from training.downstream.export import BundleModel, export_bundle, load_recommender
 from training.downstream.finetune import FinetuneConfig, load_indexer_network
@@ -70,6 +73,9 @@ class DemoConfig:
     recommender_overrides: tuple[str, ...] = field(default=(), metadata={
         "help": "Recommender KEY=VALUE overrides (training.recommendation.settings.RecommenderSettings)."})
     eval_queries: int = field(default=200, metadata={"help": "Evaluation queries per model (0 = skip)."})
+    dev_queries: int = field(default=200, metadata={
+        "help": "Item titles of the retriever's development sample (disjoint from its evaluation sample): they "
+                "choose the hybrid search weight and the default search mode (0 = not chosen: generative)."})
     parity_inputs: int = field(default=100, metadata={"help": "Inputs of the ONNX parity check per model."})
     max_document_length: int = field(default=128, metadata={"help": "Tokens of a document for the indexer."})
     seed: int = field(default=7, metadata={"help": "Seed of the samples (parity inputs, evaluation users)."})
@@ -85,6 +91,8 @@ class DemoConfig:
             raise ConfigError("num_items must be >= 20")
         if not self.indexer_int8_min_agreement >= 0:
             raise ConfigError("indexer_int8_min_agreement must be >= 0")
+        if self.eval_queries < 0 or self.dev_queries < 0:
+            raise ConfigError("eval_queries and dev_queries must be >= 0")
 
 
 def load_demo_config(preset: str = "quick", overrides: tuple[str, ...] | list[str] = ()) -> DemoConfig:
@@ -157,14 +165,17 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         timings["learn_ids"] = time.perf_counter() - started
         source = load_id_source(work / "ids")
 
-        # retriever: document-as-query + title-as-query; evaluated on a sample of titles
+        # retriever: document-as-query + title-as-query; two disjoint seeded samples of titles (title -> its
+        # item): "valid" chooses the hybrid weight and default search mode, "test" measures it
         rec_task = beauty_task(dataset)
         titles = {d.doc_id: str(d.metadata.get("title") or "") for d in rec_task.documents}
         title_ids = [d for d in titles if titles[d]]
-        sample = rng.sample(title_ids, min(len(title_ids), config.eval_queries)) if config.eval_queries else []
-        title_set = EvalSet(sample, [titles[d] for d in sample], {d: {d: 1} for d in sample})
+        drawn = rng.sample(title_ids, min(len(title_ids), config.dev_queries + config.eval_queries))
+        dev_ids, test_ids = drawn[:config.dev_queries], drawn[config.dev_queries:]
+        eval_sets = {name: EvalSet(ids, [titles[d] for d in ids], {d: {d: 1} for d in ids})
+                     for name, ids in (("valid", dev_ids), ("test", test_ids)) if ids}
         retrieval = Task(kind="retrieval", name="beauty-titles", documents=rec_task.documents,
-                         eval_sets={"titles": title_set}, titles=titles)
+                         eval_sets=eval_sets, titles=titles)
         retriever_config = load_config(FinetuneConfig, preset_path("finetune", config.retriever_preset),
                                        [*config.retriever_overrides, 'doc_as_query="on"', "cold_start_fraction=0.0"])
         recommender_settings = load_config(RecommenderSettings, preset_path("recommender", config.recommender_preset),
@@ -178,9 +189,9 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         timings["train_recommender"] = time.perf_counter() - mark
         mark = time.perf_counter()
         evaluation: dict[str, Any] = {}
-        if config.eval_queries:
-            evaluation["retriever"] = evaluate_task(retrieval, work / "retriever", splits=("titles",),
-                                                    max_queries=config.eval_queries, progress=progress)
+        if eval_sets:  # validation first: it chooses the weight the test split is scored with
+            evaluation["retriever"] = evaluate_task(retrieval, work / "retriever", splits=tuple(eval_sets),
+                                                    max_queries=0, progress=progress)
         # validation chooses the recommender's default mode and hybrid weight (also without eval_queries)
         evaluate_model(work / "recommender", splits=("valid", "test") if config.eval_queries else ("valid",),
                        max_users=config.eval_queries)
@@ -210,7 +221,8 @@ def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_
         models = {
             "indexer": BundleModel(indexer, parity["indexer"], document_length, beam_size=retriever_cfg.beam_size),
             "retriever": BundleModel(retriever, parity["retriever"], retriever_cfg.max_input_length,
-                                     beam_size=retriever_cfg.beam_size),
+                                     beam_size=retriever_cfg.beam_size,
+                                     search=search_settings(evaluation.get("retriever", {}))),
         }
         training_config = {
             "demo": config_to_dict(config),

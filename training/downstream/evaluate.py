@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -116,8 +116,18 @@ def beam_search(model: Any, texts: Sequence[str], trie: Any, beam_size: int = 20
                    counts=np.concatenate([p.counts for p in parts]), seconds=seconds)
 
 
-def decoded_run(decoded: Decoded, query_ids: Sequence[str], row_doc_ids: Sequence[str]) -> Run:
-    """A TREC run from decoded rows: query_id -> doc_id -> beam score (summed log-probability).
+class Ranked(Protocol):
+    """A ranking of Q queries, best first: rows (Q, k) trie rows, scores (Q, k), counts (Q,) valid results
+    (`Decoded`, or a hybrid ranking, `bundle.SearchRanking`)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    counts: np.ndarray
+
+
+def decoded_run(decoded: Ranked, query_ids: Sequence[str], row_doc_ids: Sequence[str]) -> Run:
+    """A TREC run from ranked rows: query_id -> doc_id -> score (the beam's summed log-probability, or the
+    hybrid rule's score).
 
     Scores are made strictly decreasing in beam order (a tie is nudged down by 1e-9) so the run's
     order is the beam's order whatever tie-break the scorer uses.

@@ -27,7 +27,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bundle import OnnxRunner, TextTokenizer
+from bundle import (
+    DenseIndex,
+    OnnxRunner,
+    SearchCandidates,
+    SearchSettings,
+    TextTokenizer,
+    rank_candidates,
+    search_candidates,
+)
 from training.config import build_config, config_to_dict
 from training.data.amazon import AmazonSettings, items_as_documents, leave_one_out, load_amazon
 from training.data.corpus import Document, write_corpus_jsonl
@@ -35,6 +43,7 @@ from training.data.smart import cranfield_query_split, read_cranfield
 from training.data.trec import write_run
 from training.downstream.cold_start import index_cold_documents
 from training.downstream.evaluate import (
+    Decoded,
     TorchModel,
     beam_search,
     decoded_run,
@@ -58,6 +67,7 @@ from training.indexing.id_table import read_ids_jsonl, write_ids_jsonl
 from training.indexing.learning import learn_ids
 from training.indexing.network import SemanticIdNetwork
 from training.progress import library_bars
+from training.recommendation.items import text_vectors
 from trie import SemanticIdTrie
 
 logger = logging.getLogger(__name__)
@@ -246,9 +256,27 @@ def final_ids(task: Task, source: IdSource, cold: set[str], network_config: Any,
     return warm + cold_docs, ids, trie, note
 
 
+HYBRID_RULE = ("(1 - w) * cosine(query, document text vectors) + w * p, p = exp(summed log-prob) of the document's "
+               "ID in the beam (0 outside it), over the beam's candidates and the dense top-N (bundle.retrieval)")
+
+
 def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "test"), beam_size: int | None = None,
                   max_queries: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a finetune output on `splits`; writes out_dir/eval/<split>.run and metrics.json."""
+    """Evaluate a finetune output on `splits`; writes out_dir/eval/<split>.run and metrics.json.
+
+    Retrieval tasks are also evaluated in the hybrid search mode (`FinetuneConfig.eval_hybrid`;
+    `bundle.retrieval`, the rule the service ranks with): the beam's complete IDs (beam `beam_size`) and the
+    `dense_candidates` documents of highest cosine between the query's and the documents' text vectors (the
+    ID source's encoder, `training.recommendation.items.text_vectors`, as the bundle's item vectors). The
+    validation split, evaluated first whenever the task has one, chooses the weight w among
+    `hybrid_weights` (best NDCG@10, ties: the smaller w) and the default mode (hybrid unless its NDCG@10 is
+    below the generative one: on a tie, e.g. titles the retriever was trained on and finds anyway, hybrid
+    also reads the dense evidence the split could not weigh); test is scored with that w. metrics.json then
+    holds, beside each split's generative figures (`all`, `warm`, `cold`), its `hybrid` and `dense` figures,
+    and `hybrid_weight`, `default_mode`, `dense_candidates`, `hybrid_chosen_on` (what the bundle's
+    `models.retriever.search` records) and `valid_ndcg@10_by_hybrid_weight`; the hybrid runs are
+    <split>-hybrid.run.
+    """
     out_dir = Path(out_dir)
     record, config, network = load_finetuned(out_dir)
     source = load_id_source(record["ids"])
@@ -262,6 +290,18 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
     limit = max_queries if max_queries is not None else config.eval_max_queries
     results: dict[str, Any] = {"cold_start": note, "beam_size": beam_size, "method": record["method"]}
     doc_ids = [d.doc_id for d in documents]
+    hybrid = task.kind == "retrieval" and config.eval_hybrid
+    if hybrid and "valid" not in task.eval_sets:
+        logger.warning("%s has no validation split to choose the hybrid weight on: hybrid not evaluated", task.name)
+        hybrid = False
+    dense_index: DenseIndex | None = None
+    weight: float | None = None
+    if hybrid:
+        splits = ("valid", *(s for s in splits if s != "valid"))  # validation chooses the weight test uses
+        vectors, encoder = text_vectors([d.text for d in documents], source)
+        dense_index = DenseIndex.build(vectors)
+        results.update({"hybrid_rule": HYBRID_RULE, "dense_candidates": config.dense_candidates,
+                        "text_vectors": encoder})
     for split in splits:
         eval_set = task.eval_sets[split]
         # A query whose judged documents all lack an ID (IDs learned on part of the corpus) can never be
@@ -277,9 +317,12 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
             chosen = sorted(random.Random(config.seed).sample(range(len(query_ids)), limit))
             query_ids, texts = [query_ids[i] for i in chosen], [texts[i] for i in chosen]
         qrels = {q: eval_set.qrels[q] for q in query_ids}
-        decoded = beam_search(model, texts, trie, beam_size=beam_size, top_k=10, batch_size=config.eval_batch_size,
-                              progress=progress)
-        run = decoded_run(decoded, query_ids, doc_ids)
+        # Hybrid reads every complete ID of the beam (its candidates); the generative ranking is their first 10.
+        decoded = beam_search(model, texts, trie, beam_size=beam_size, top_k=beam_size if hybrid else 10,
+                              batch_size=config.eval_batch_size, progress=progress)
+        top10 = Decoded(decoded.semantic_ids[:, :10], decoded.scores[:, :10], decoded.rows[:, :10],
+                        np.minimum(decoded.counts, 10), decoded.seconds)
+        run = decoded_run(top10, query_ids, doc_ids)
         write_run(eval_dir / f"{split}.run", run, tag=f"lmindexer-{record['method']}")
         warm_qrels = restrict_qrels(qrels, lambda d: d not in cold)
         cold_qrels = restrict_qrels(qrels, lambda d: d in cold)
@@ -289,11 +332,64 @@ def evaluate_task(task: Task, out_dir: Path, splits: Sequence[str] = ("valid", "
             "cold": score_run(run, cold_qrels, task.metrics), "cold_queries": len(cold_qrels),
             "seconds_per_query": decoded.seconds / max(1, len(texts)),
             "valid_ids": bool(all(trie.row_of(tuple(r)) is not None
-                                  for q in range(len(texts)) for r in decoded.semantic_ids[q, :decoded.counts[q]])),
+                                  for q in range(len(texts)) for r in top10.semantic_ids[q, :top10.counts[q]])),
         }
-        logger.info("%s %s: %s", task.name, split, json.dumps(results[split]["all"]))
+        if dense_index is not None:
+            query_vectors, _ = text_vectors(texts, source)
+            beam_rows = np.where(np.arange(decoded.rows.shape[1])[None, :] < decoded.counts[:, None], decoded.rows, -1)
+            candidates = search_candidates(beam_rows, decoded.scores, query_vectors, dense_index,
+                                           max(config.dense_candidates, 10))
+            if split == "valid":
+                weight, by_weight = choose_search_weight(candidates, config.hybrid_weights, query_ids, doc_ids, qrels)
+                results["valid_ndcg@10_by_hybrid_weight"] = by_weight
+            assert weight is not None
+            hybrid_run = decoded_run(rank_candidates(candidates, weight, 10), query_ids, doc_ids)
+            write_run(eval_dir / f"{split}-hybrid.run", hybrid_run, tag=f"lmindexer-{record['method']}-hybrid")
+            dense_run = decoded_run(rank_candidates(candidates, 0.0, 10), query_ids, doc_ids)
+            results[split]["hybrid"] = {"all": score_run(hybrid_run, qrels, task.metrics),
+                                        "warm": score_run(hybrid_run, warm_qrels, task.metrics),
+                                        "cold": score_run(hybrid_run, cold_qrels, task.metrics)}
+            results[split]["dense"] = {"all": score_run(dense_run, qrels, task.metrics)}
+            if split == "valid":
+                mode = default_search_mode(results[split]["all"]["ndcg@10"], results[split]["hybrid"]["all"]["ndcg@10"])
+                results.update({"hybrid_weight": weight, "default_mode": mode,
+                                "hybrid_chosen_on": f"{task.name} valid split: {len(qrels)} queries, NDCG@10"})
+        logger.info("%s %s: %s%s", task.name, split, json.dumps(results[split]["all"]),
+                    f"; hybrid (w={weight:g}) {json.dumps(results[split]['hybrid']['all'])}" if weight is not None
+                    else "")
     (eval_dir / "metrics.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results
+
+
+def default_search_mode(generative_ndcg: float, hybrid_ndcg: float) -> str:
+    """The default search mode from the validation NDCG@10 of both modes: hybrid unless it is below generative.
+
+    A tie goes to hybrid: at the smallest weight that ties it answers the split's queries as well and also reads
+    the dense evidence the split could not weigh (e.g. titles the retriever was trained on, which it finds
+    anyway). With w = 1 in the grid hybrid's top 10 is the beam's, so its best weight is never below.
+    """
+    return "generative" if hybrid_ndcg < generative_ndcg else "hybrid"
+
+
+def choose_search_weight(candidates: SearchCandidates, weights: Sequence[float], query_ids: Sequence[str],
+                         doc_ids: Sequence[str], qrels: Mapping[str, Mapping[str, int]]
+                         ) -> tuple[float, dict[str, float]]:
+    """The hybrid weight with the best NDCG@10 of the candidates' ranking (ties: the smaller weight), and
+    NDCG@10 per weight."""
+    figures = {f"{w:g}": score_run(decoded_run(rank_candidates(candidates, w, 10), query_ids, doc_ids), qrels,
+                                   ("ndcg@10",))["ndcg@10"] for w in weights}
+    best = max(weights, key=lambda w: (figures[f"{w:g}"], -w))
+    return float(best), figures
+
+
+def search_settings(metrics: Mapping[str, Any]) -> SearchSettings | None:
+    """The bundle's `models.retriever.search` from a retriever's eval/metrics.json (`evaluate_task`), or None
+    when it holds no hybrid evaluation (evaluated without one, or before hybrid search existed)."""
+    if "hybrid_weight" not in metrics:
+        return None
+    return SearchSettings(default_mode=metrics["default_mode"], hybrid_weight=float(metrics["hybrid_weight"]),
+                          dense_candidates=int(metrics["dense_candidates"]),
+                          chosen_on=str(metrics["hybrid_chosen_on"]))
 
 
 def ids_presets_for(spec: str, methods: Sequence[str]) -> dict[str, str]:

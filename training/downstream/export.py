@@ -19,6 +19,19 @@ for at least `indexer_int8_min_agreement` of the inputs (whole learned prefix); 
 agreement go into the manifest (`models.indexer.int8_encoder.agreement`), and a graph below the minimum
 is not written (`models.indexer.int8_encoder.skipped` says why).
 
+The documents' text vectors (`vectors/item_vectors.npy`, the manifest's `item_vectors`) are written
+whenever the bundle has a retriever or a recommender: the recommender reads them as item tokens and
+the retriever's hybrid search scores documents by them. They come from the recommender (the vectors
+it was trained with), or from the caller (`DocumentVectors`: `lmindexer export` encodes the documents
+with the ID source's encoder, as the recommender would), else from the indexer network's encoder,
+mean-pooled. The export checks that the service can make them for new documents and queries: through
+the indexer's encoder.onnx, mean-pooled (source "indexer"), else through a text encoder graph of the
+encoder that made them (source "text_encoder"); max |diff| <= `tolerance` on up to 200 documents.
+
+The retriever's search modes (`models.retriever.search`) are its `BundleModel.search`: the default mode
+and hybrid weight chosen on its validation split by `training.downstream.experiment.evaluate_task`
+(`search_settings`), else generative with weight 0.5, chosen on no data (`chosen_on` null).
+
 The bundle is built in a hidden staging directory beside `out_dir` and renamed into place only
 when everything, parity included, succeeded: a failed export leaves nothing at `out_dir`.
 """
@@ -52,6 +65,7 @@ from bundle import (
     OnnxRunner,
     ParityFigures,
     RecommenderRunner,
+    SearchSettings,
     SemanticIdSpec,
     TextModelEntry,
     TextTokenizer,
@@ -66,7 +80,7 @@ from training.baselines.recommendation import RecData
 from training.data.amazon import items_as_documents
 from training.data.corpus import Document
 from training.downstream.cold_start import greedy_codes
-from training.downstream.evaluate import TorchModel, beam_search
+from training.downstream.evaluate import Decoded, TorchModel, beam_search
 from training.encoder import load_encoder, mean_pool, resolve_encoder_path
 from training.errors import UserInputError
 from training.indexing.learning import staging_directory
@@ -95,15 +109,39 @@ class ParityError(UserInputError):
     exit_status = 3
 
 
+# The retriever's search modes when none were chosen on a development split: generative by default, and an even
+# mix for a client that asks for hybrid (recorded with chosen_on null).
+UNCHOSEN_SEARCH = SearchSettings(default_mode="generative", hybrid_weight=0.5, dense_candidates=100, chosen_on=None)
+
+
 @dataclass(frozen=True)
 class BundleModel:
     """One model of the bundle: the torch network, the texts its parity is checked on, and the input
-    settings it was trained with (they go into its manifest entry, and the service reads inputs so)."""
+    settings it was trained with (they go into its manifest entry, and the service reads inputs so).
+    ``search``: the retriever's search modes (``training.downstream.experiment.search_settings`` of its
+    evaluation); None: ``UNCHOSEN_SEARCH``."""
 
     network: SemanticIdNetwork
     parity_inputs: Sequence[str]
     max_length: int  # tokens of its input text, [CLS] and [SEP] included
     beam_size: int = 20  # the beam width of its evaluation; the parity check decodes with it
+    search: SearchSettings | None = None
+
+
+@dataclass(frozen=True)
+class DocumentVectors:
+    """The documents' text vectors a bundle carries (its `item_vectors`) and the encoder that made them.
+
+    vectors (N, D) float32, row i = documents[i]; `encoder`: a loadable encoder (name or folder), exported as
+    the bundle's text encoder when the indexer's encoder does not give these vectors; `max_length`: the tokens
+    it read; `description`: what the manifest says made them.
+    """
+
+    vectors: np.ndarray
+    encoder: str
+    max_length: int
+    description: str
+    tolerance: float = 1e-3  # max |diff| of the service's path (indexer or text encoder) to these vectors
 
 
 @dataclass(frozen=True)
@@ -185,17 +223,18 @@ def export_onnx(network: SemanticIdNetwork, directory: Path) -> dict[str, str]:
 
 def check_parity(torch_model: TorchModel, runner: OnnxRunner, texts: Sequence[str], trie: SemanticIdTrie,
                  tolerance: float, beam_size: int = 20, top_k: int = 10,
-                 batch_size: int = 25) -> tuple[ParityFigures, np.ndarray]:
+                 batch_size: int = 25) -> tuple[ParityFigures, Decoded]:
     """Compare the runner with torch on `texts` (see the module docstring).
 
-    Returns the figures and the runner's decode: (len(texts), top_k, L + 1) semantic IDs, -1 padded,
-    the IDs the service answers for these inputs.
+    Returns the figures and the runner's decode (top_k IDs per text: semantic IDs (len(texts), top_k, L + 1),
+    summed log-probabilities, trie rows, counts), what the service's beam search gives for these inputs.
     """
     sizes = runner.codebook_sizes
     max_diff = 0.0
     encoder_diff = 0.0
     tokens_identical = True
     onnx_ids = []
+    onnx_parts = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
         ids, mask = runner.tokenizer.encode(chunk)
@@ -217,6 +256,7 @@ def check_parity(torch_model: TorchModel, runner: OnnxRunner, texts: Sequence[st
         result = constrained_beam_search(grouped_step_fn(paired_step, sizes), trie, num_queries=len(chunk),
                                          beam_size=beam_size, top_k=top_k)
         onnx_ids.append(result.semantic_ids)
+        onnx_parts.append(result)
     torch_ids_all = beam_search(torch_model, list(texts), trie, beam_size=beam_size, top_k=top_k,
                                 batch_size=batch_size).semantic_ids
     onnx_all = np.concatenate(onnx_ids) if onnx_ids else np.zeros_like(torch_ids_all)
@@ -226,7 +266,13 @@ def check_parity(torch_model: TorchModel, runner: OnnxRunner, texts: Sequence[st
     figures = ParityFigures(inputs=len(texts), beam_size=beam_size, top_k=top_k, tolerance=tolerance,
                             max_abs_diff=max_diff, encoder_max_abs_diff=encoder_diff,
                             tokens_identical=tokens_identical, top_k_identical=identical, mismatched_inputs=mismatched)
-    return figures, onnx_all
+    def joined(name: str, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in onnx_parts]) if onnx_parts else empty
+
+    decoded = Decoded(semantic_ids=onnx_all, scores=joined("scores", np.zeros((0, top_k))),
+                      rows=joined("rows", np.zeros((0, top_k), np.int64)),
+                      counts=joined("counts", np.zeros(0, np.int64)), seconds=0.0)
+    return figures, decoded
 
 
 def code_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
@@ -313,11 +359,19 @@ def parity_summary(manifest: BundleManifest) -> list[str]:
                 f"{entry.parity.top_k_identical}")
         if isinstance(entry, TextModelEntry):
             line += f"; inputs cut at {entry.max_input_length} tokens"
+            if entry.search is not None:
+                chosen = entry.search.chosen_on or "not chosen on data"
+                line += (f"; search default mode {entry.search.default_mode} (hybrid weight "
+                         f"{entry.search.hybrid_weight:g}, dense top-{entry.search.dense_candidates}; {chosen})")
         else:
             line += (f" ({entry.parity.near_tie_swaps} near-tie swaps); histories cut at {entry.max_history} items, "
-                     f"default mode {entry.default_mode} (hybrid weight {entry.hybrid_weight:g}); text vectors "
-                     f"via the indexer encoder max |diff| {entry.text_vectors.max_abs_diff:.1e}")
+                     f"default mode {entry.default_mode} (hybrid weight {entry.hybrid_weight:g})")
         lines.append(line)
+    vectors = manifest.item_vectors
+    if vectors is not None:
+        lines.append(f"item vectors: {manifest.num_documents} x {vectors.dim}, made for new documents and queries by "
+                     f"the {'indexer encoder' if vectors.source == 'indexer' else 'bundle text encoder'}, max |diff| "
+                     f"{vectors.max_abs_diff:.1e} on {vectors.checked_items} documents")
     return [*lines, int8_summary(manifest)]
 
 
@@ -355,6 +409,7 @@ def export_bundle(
     indexer_int8: bool = True,
     indexer_int8_min_agreement: float = 0.9,
     recommender: RecommenderModel | None = None,
+    item_vectors: DocumentVectors | None = None,
 ) -> BundleManifest:
     """Write the bundle (docs/bundle.md) to `out_dir`; returns its manifest.
 
@@ -368,8 +423,10 @@ def export_bundle(
     evaluation: each model's evaluation figures by role.
     indexer_int8: also write the indexer's int8 encoder when its greedy codes agree with the fp32
     encoder's on at least `indexer_int8_min_agreement` of the indexer's parity inputs (module docstring).
-    Raises ParityError (nothing written) when a model fails parity, or when the indexer's encoder,
-    mean-pooled, does not give the recommender's text vectors.
+    item_vectors: the documents' text vectors (module docstring); with a recommender, its own (giving others
+    is an error); None without one: the indexer network's encoder, mean-pooled and normalised.
+    Raises ParityError (nothing written) when a model fails parity, or when neither the indexer's encoder,
+    mean-pooled, nor the text encoder graph gives the documents' text vectors.
     """
     if "indexer" not in models:
         raise UserInputError("a bundle needs the indexer model")
@@ -408,6 +465,18 @@ def export_bundle(
         raise UserInputError(f"indexer_int8_min_agreement must be >= 0, got {indexer_int8_min_agreement}")
     trie = SemanticIdTrie.build(semantic_ids, codebook_sizes=codebook_sizes)  # raises on invalid / duplicate IDs
     evaluation = evaluation or {}
+    if recommender is not None:
+        own = DocumentVectors(np.asarray(recommender.vectors, dtype=np.float32), recommender.text_encoder,
+                              recommender.text_max_length, recommender.text_encoder, recommender.text_vector_tolerance)
+        if item_vectors is not None and not np.array_equal(np.asarray(item_vectors.vectors, dtype=np.float32),
+                                                           own.vectors):
+            raise UserInputError("item_vectors differ from the recommender's text vectors: a bundle holds one text "
+                                 "vector per document")
+        item_vectors = own
+    elif item_vectors is None:
+        item_vectors = indexer_vectors(models["indexer"], tokenizer, documents)
+    if item_vectors.vectors.shape[0] != len(documents):
+        raise UserInputError(f"{item_vectors.vectors.shape[0]} item vectors for {len(documents)} documents")
 
     with staging_directory(Path(out_dir), overwrite=overwrite) as stage:
         stage.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
@@ -436,6 +505,7 @@ def export_bundle(
                 kind="text_to_id", encoder=f"{name}/{files['encoder']}", decoder_step=f"{name}/{files['decoder_step']}",
                 hidden_size=int(model.network.hidden_size), max_input_length=int(model.max_length),
                 pooling="cross_attention", beam_size=model.beam_size, int8_encoder=None,
+                search=(model.search or UNCHOSEN_SEARCH) if name == "retriever" else None,
                 parity=figures, evaluation=dict(evaluation.get(name, {})))
         # The fp32 graphs all passed parity; the int8 indexer encoder is an extra, with its own rule.
         indexer = models["indexer"]
@@ -450,9 +520,9 @@ def export_bundle(
             if int8.file is not None:
                 int8 = replace(int8, file=f"indexer/{int8.file}")
         entries["indexer"] = replace(entries["indexer"], int8_encoder=int8)
+        vector_spec = export_item_vectors(stage, item_vectors, documents, trie, models["indexer"].max_length)
         if recommender is not None:
-            entries["recommender"] = export_recommender(stage, recommender, documents, trie,
-                                                        models["indexer"].max_length, tolerance,
+            entries["recommender"] = export_recommender(stage, recommender, trie, tolerance,
                                                         dict(evaluation.get("recommender", {})))
         trie.save(stage / "trie.bin")
         write_documents(stage / "documents.jsonl",
@@ -464,7 +534,7 @@ def export_bundle(
             semantic_ids=SemanticIdSpec(num_levels=num_levels, codebook_size_per_level=tuple(codebook_sizes[:-1]),
                                         counter_size=codebook_sizes[-1]),
             tokenizer="tokenizer.json", trie="trie.bin", documents="documents.jsonl", num_documents=len(documents),
-            index_version=0, models=entries, training_config=dict(training_config or {}))
+            index_version=0, item_vectors=vector_spec, models=entries, training_config=dict(training_config or {}))
         # Read back as the service will: the written manifest must parse strictly.
         BundleManifest.from_json(manifest.to_json())
         write_manifest(stage, manifest)
@@ -472,22 +542,18 @@ def export_bundle(
     return manifest
 
 
-def export_recommender(stage: Path, recommender: RecommenderModel, documents: Sequence[Document],
-                       trie: SemanticIdTrie, indexer_length: int, tolerance: float,
+def export_recommender(stage: Path, recommender: RecommenderModel, trie: SemanticIdTrie, tolerance: float,
                        evaluation: Mapping[str, Any]) -> ItemTokenRecommenderEntry:
-    """Write the recommender's graphs and item vectors into the staging bundle, check them, and return its entry.
+    """Write the recommender's graphs into the staging bundle, check them, and return its entry.
 
-    Two checks, either failing raises ParityError: the ONNX graphs against the torch model
-    (`training.recommendation.export.check_parity`: max |diff| <= tolerance, identical top-10 up to
-    near ties, both modes), and the text vectors: the bundle's indexer encoder, mean-pooled and
-    normalised (what the service computes for a new document), against training's vectors of the
-    parity histories' items, max |diff| <= `text_vector_tolerance`.
+    The ONNX graphs are checked against the torch model (`training.recommendation.export.check_parity`:
+    max |diff| <= tolerance, identical top-10 up to near ties, both modes); a failure raises ParityError. Its
+    item vectors are the bundle's (`export_item_vectors`, checked there).
     """
     model = recommender.model.cpu().eval()
     directory = stage / "recommender"
     vectors = np.ascontiguousarray(recommender.vectors, dtype=np.float32)  # (N, D)
     files = recommender_export.export_onnx(model, directory, int(vectors.shape[1]))
-    np.save(directory / "item_vectors.npy", vectors)
     runner = RecommenderRunner(directory / files["sequence_model"], directory / files["decoder_step"],
                                directory / files["dense_head"], trie.codebook_sizes, model.max_history,
                                intra_op_threads=2)
@@ -504,45 +570,79 @@ def export_recommender(stage: Path, recommender: RecommenderModel, documents: Se
         raise ParityError(f"the recommender fails ONNX parity: max |diff| {figures.max_abs_diff:.3e} (tolerance "
                           f"{tolerance:.0e}), {figures.mismatched_inputs} of {figures.inputs} histories rank "
                           "differently beyond near ties; no bundle written")
-    # The service makes the vectors of new items and of history_texts with the indexer's encoder when it is
-    # the encoder that made training's vectors (LMIndexer IDs), else with the recommender's own text encoder.
-    items = sorted({int(r) for rows in recommender.parity_histories for r in rows})[:200]
+    return ItemTokenRecommenderEntry(
+        kind="item_token_recommender", sequence_model=f"recommender/{files['sequence_model']}",
+        decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
+        hidden_size=int(model.settings.d_model), max_history=int(model.max_history),
+        beam_size=int(recommender.beam_size), default_mode=recommender.default_mode,  # type: ignore[arg-type]
+        hybrid_weight=float(recommender.hybrid_weight), exclude_history=bool(recommender.exclude_history),
+        parity=figures, evaluation=dict(evaluation))
+
+
+VECTOR_CHECK_ITEMS = 200  # documents on which the service's path to the item vectors is checked
+
+
+def export_item_vectors(stage: Path, vectors: DocumentVectors, documents: Sequence[Document], trie: SemanticIdTrie,
+                        indexer_length: int) -> TextVectorSpec:
+    """Write the documents' text vectors (`vectors/item_vectors.npy`) into the staging bundle, choose and check
+    how the service makes them for new documents and queries, and return the manifest's `item_vectors`.
+
+    The indexer's encoder.onnx, mean-pooled and normalised (source "indexer"), when it gives the vectors within
+    `vectors.tolerance` on up to `VECTOR_CHECK_ITEMS` documents spread over the collection (LMIndexer IDs: the
+    indexer network's encoder made them); else a text encoder graph of `vectors.encoder` (source
+    "text_encoder", `vectors/text_encoder.onnx` and its tokenizer), checked the same way. Neither: ParityError.
+    """
+    directory = stage / "vectors"
+    directory.mkdir(parents=True, exist_ok=True)
+    matrix = np.ascontiguousarray(vectors.vectors, dtype=np.float32)
+    np.save(directory / "item_vectors.npy", matrix)
+    count = min(VECTOR_CHECK_ITEMS, len(documents))
+    items = sorted({int(i) for i in np.linspace(0, len(documents) - 1, count)}) if count else []
     texts = [documents[i].text for i in items]
     indexer = OnnxRunner(stage / "indexer" / "encoder.onnx", stage / "indexer" / "decoder_step.onnx",
                          TextTokenizer(stage / "tokenizer.json", indexer_length), trie.codebook_sizes,
                          name="indexer", intra_op_threads=2)
-    vector_diff = _vector_diff(lambda chunk: mean_pooled(*_encoded(indexer, chunk)), texts, vectors[items])
-    logger.info("recommender text vectors through the indexer encoder: max |diff| %.2e on %d items", vector_diff,
-                len(items))
+    vector_diff = _vector_diff(lambda chunk: mean_pooled(*_encoded(indexer, chunk)), texts, matrix[items])
+    logger.info("item vectors through the indexer encoder: max |diff| %.2e on %d documents", vector_diff, len(items))
     source, text_files = "indexer", (None, None)
-    if not vector_diff <= recommender.text_vector_tolerance:
-        logger.info("the indexer's encoder does not make the recommender's text vectors; exporting %s as the "
-                    "recommender's text encoder", recommender.text_encoder)
-        text_files = export_text_encoder(_encoder_folder(recommender.text_encoder), directory)
+    if not vector_diff <= vectors.tolerance:
+        logger.info("the indexer's encoder does not make the item vectors; exporting %s as the bundle's text "
+                    "encoder", vectors.encoder)
+        text_files = export_text_encoder(_encoder_folder(vectors.encoder), directory)
         runner_text = TextVectorRunner(directory / "text_encoder.onnx",
-                                       TextTokenizer(directory / "tokenizer.json", recommender.text_max_length),
+                                       TextTokenizer(directory / "tokenizer.json", vectors.max_length),
                                        intra_op_threads=2)
-        vector_diff = _vector_diff(runner_text.vectors, texts, vectors[items])
+        vector_diff = _vector_diff(runner_text.vectors, texts, matrix[items])
         source = "text_encoder"
-        logger.info("recommender text vectors through its text encoder: max |diff| %.2e", vector_diff)
-    if not vector_diff <= recommender.text_vector_tolerance:
-        raise ParityError(f"the bundle's text encoder does not give the recommender's text vectors (max |diff| "
-                          f"{vector_diff:.3e} > {recommender.text_vector_tolerance:g} on {len(items)} items; they "
-                          f"came from {recommender.text_encoder}): new items would read differently; no bundle written")
-    text_length = indexer_length if source == "indexer" else recommender.text_max_length
-    return ItemTokenRecommenderEntry(
-        kind="item_token_recommender", sequence_model=f"recommender/{files['sequence_model']}",
-        decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
-        item_vectors="recommender/item_vectors.npy", hidden_size=int(model.settings.d_model),
-        max_history=int(model.max_history),
-        text_vectors=TextVectorSpec(dim=int(vectors.shape[1]), encoder=recommender.text_encoder,
-                                    max_input_length=int(text_length), pooling="mean", normalized=True,
-                                    source=source,  # type: ignore[arg-type]
-                                    text_encoder_file=text_files[0], tokenizer_file=text_files[1],
-                                    checked_items=len(items), max_abs_diff=vector_diff),
-        beam_size=int(recommender.beam_size), default_mode=recommender.default_mode,  # type: ignore[arg-type]
-        hybrid_weight=float(recommender.hybrid_weight), exclude_history=bool(recommender.exclude_history),
-        parity=figures, evaluation=dict(evaluation))
+        logger.info("item vectors through the text encoder: max |diff| %.2e", vector_diff)
+    if not vector_diff <= vectors.tolerance:
+        raise ParityError(f"the bundle's text encoder does not give the documents' text vectors (max |diff| "
+                          f"{vector_diff:.3e} > {vectors.tolerance:g} on {len(items)} documents; they came from "
+                          f"{vectors.description}): new documents and queries would read differently; no bundle "
+                          "written")
+    text_length = indexer_length if source == "indexer" else vectors.max_length
+    return TextVectorSpec(file="vectors/item_vectors.npy", dim=int(matrix.shape[1]), encoder=vectors.description,
+                          max_input_length=int(text_length), pooling="mean", normalized=True,
+                          source=source,  # type: ignore[arg-type]
+                          text_encoder_file=text_files[0], tokenizer_file=text_files[1], checked_items=len(items),
+                          max_abs_diff=vector_diff)
+
+
+def indexer_vectors(indexer: BundleModel, tokenizer: Any, documents: Sequence[Document],
+                    batch_size: int = 32) -> DocumentVectors:
+    """The documents' text vectors from the indexer network's encoder (torch), mean-pooled over the real tokens and
+    L2-normalised at the indexer's input length: what the service computes for a new document with the bundle's
+    indexer encoder (source "indexer"). For a bundle without a recommender when the caller gives none."""
+    model = TorchModel(indexer.network, tokenizer, indexer.max_length, device="cpu")
+    texts = [d.text for d in documents]
+    out = np.zeros((len(texts), int(indexer.network.hidden_size)), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        encoded = model.encode([texts[i] for i in chunk])
+        out[chunk] = mean_pooled(encoded.states, encoded.attention_mask)
+    return DocumentVectors(out, encoder=str(indexer.network.config.encoder), max_length=indexer.max_length,
+                           description="the indexer network's encoder")
 
 
 def choose_default_mode(metrics: Mapping[str, Any]) -> str:

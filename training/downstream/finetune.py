@@ -88,6 +88,18 @@ class FinetuneConfig:
     beam_size: int = field(default=20, metadata={"help": "Beam width of the constrained beam search."})
     eval_batch_size: int = field(default=32, metadata={"help": "Queries per beam-search batch."})
     eval_max_queries: int = field(default=0, metadata={"help": "Evaluate at most this many queries (0 = all)."})
+    eval_hybrid: bool = field(default=True, metadata={
+        "help": "Retrieval: also evaluate the hybrid search mode (bundle.retrieval: the beam's candidates and the "
+                "dense top-N by cosine of text vectors, (1 - w) * cosine + w * p); needs every document's text "
+                "vector from the ID source's encoder (computed once, cached). The validation split chooses w and "
+                "the default mode."})
+    hybrid_weights: tuple[float, ...] = field(default=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                                              metadata={
+        "help": "Retrieval: candidate weights w of the hybrid rule (1 - w) * cosine + w * p; the one with the best "
+                "validation NDCG@10 is kept (ties: the smaller w), never chosen on test."})
+    dense_candidates: int = field(default=100, metadata={
+        "help": "Retrieval, hybrid: N, the documents of highest cosine (over the whole collection) joined to the "
+                "beam's candidates (max(N, 10) in evaluation; the bundle's default for POST /search)."})
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -98,6 +110,10 @@ class FinetuneConfig:
             raise ConfigError("doc_span_queries must be >= 0 and doc_span_words >= 2")
         if not 0.0 <= self.cold_start_fraction < 1.0:
             raise ConfigError(f"cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
+        if not self.hybrid_weights or any(not 0.0 <= w <= 1.0 for w in self.hybrid_weights):
+            raise ConfigError(f"hybrid_weights must be numbers in [0, 1] (at least one), got {self.hybrid_weights}")
+        if self.dense_candidates < 1:
+            raise ConfigError(f"dense_candidates must be >= 1, got {self.dense_candidates}")
 
 
 def build_network(source: IdSource, config: FinetuneConfig) -> SemanticIdNetwork:

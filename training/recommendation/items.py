@@ -91,10 +91,21 @@ def catalogue_ids(doc_ids: Sequence[str], source: IdSource) -> tuple[np.ndarray,
     return ids, (*source.codebook_sizes, counter_size)
 
 
+def text_encoder_of(source: IdSource) -> tuple[str | Path, int, str]:
+    """The encoder that makes the ID source's text vectors (module doc): (encoder name or folder, max_length
+    in tokens, kind: "lmindexer network encoder" or "pretrained encoder")."""
+    network_dir = source.network_dir
+    if network_dir is not None:
+        return network_encoder_folder(network_dir), source.document_length, "lmindexer network encoder"
+    config = _run_config(source)
+    return config.get("encoder", DEFAULT_ENCODER), int(config.get("max_length", 256)), "pretrained encoder"
+
+
 def text_vectors(texts: Sequence[str], source: IdSource, batch_size: int = 64) -> tuple[np.ndarray, dict]:
     """(N, D) float32 L2-normalised text vectors of `texts` from the ID source's encoder (module doc),
     and a description of that encoder (for the model's record). The description's `vectors_from` says
-    where they came from: the file learn-ids stored (LMIndexer IDs), or "computed"."""
+    where they came from: the file learn-ids stored (LMIndexer IDs), or "computed". Queries of hybrid
+    search are encoded the same way (the service makes them as it makes the vectors of new documents)."""
     network_dir = source.network_dir
     if network_dir is not None:
         max_length = source.document_length
@@ -107,12 +118,8 @@ def text_vectors(texts: Sequence[str], source: IdSource, batch_size: int = 64) -
                             "pooling": "mean", "normalized": True, "vectors_from": where}
         logger.info("text vectors of %d items: computing them with the indexer network's encoder (%s)",
                     len(texts), where)
-        encoder = network_encoder_folder(network_dir)
-    else:
-        config = _run_config(source)
-        encoder = config.get("encoder", DEFAULT_ENCODER)
-        max_length = int(config.get("max_length", 256))
-        kind = "pretrained encoder"
+    encoder, max_length, kind = text_encoder_of(source)
+    if network_dir is None:
         logger.info("text vectors of %d items: computing them with the pretrained encoder %s", len(texts), encoder)
     vectors = document_embeddings(list(texts), encoder=encoder, max_length=max_length, batch_size=batch_size,
                                   normalize=True, show_progress=False)
