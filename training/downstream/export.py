@@ -336,7 +336,7 @@ def parity_summary(manifest: BundleManifest) -> list[str]:
     for name, entry in manifest.models.items():
         if entry.parity is None:
             continue
-        line = (f"{name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, top-{entry.parity.top_k} identical "
+        line = (f"{name}: ONNX max |diff| {entry.parity.max_abs_diff:.2e}, top-{entry.parity.top_k} agree "
                 f"{entry.parity.top_k_identical}")
         if isinstance(entry, TextModelEntry):
             line += f"; inputs cut at {entry.max_input_length} tokens"
