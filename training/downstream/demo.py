@@ -58,10 +58,17 @@ the wall seconds of every stage, also in the manifest (`training_config.wall_sec
 `training_config.build`).
 
 Determinism: every sample is seeded (`seed`: held-out items, evaluation users, parity inputs; each
-trainer its own `seed`). On a CPU, LMIndexer gives the same IDs for the same settings and thread count
-only with one torch thread (`num_threads = 1`; with 2 threads float reductions differ in the last bits
-and 0.2-0.8% of the codes per level differed between two builds); the demo presets run every trainer
-on one thread.
+trainer its own `seed`), and the training loop is a function of its seed on a CPU (bit for bit) with a
+fixed thread count. LMIndexer gives the same IDs for the same settings only with one torch thread
+(`num_threads = 1`: with 2 threads float reductions differ in the last bits and 0.2-0.8% of the codes
+per level differed between two builds); every preset here learns IDs on one thread, and `quick` and
+`tiny` run the retriever and the recommender on one thread too (`integration`'s retriever uses the
+finetune preset's 2). An interrupted and resumed build gives the IDs of an uninterrupted one (the loop
+resumes with its RNG state and data position; seen on `tiny`). What still varies between two builds:
+a recommender trained with a time budget (`time_budget_s`, quick's) stops at the end of the first
+epoch past it, so how many epochs it trains depends on the machine's speed and load (`max_epochs` and
+early stopping alone do not); and the ONNX parity check, which compares onnxruntime with torch, lets
+results whose scores differ by less than its tolerance swap places (`bundle.near_tie_agreement`).
 """
 
 from __future__ import annotations
