@@ -21,7 +21,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 install: $(VENV)/.installed
 
-# Build the demo bundle once (quick presets on the vendored Beauty data), then serve it.
+# Build the demo bundle once (the whole vendored Beauty catalogue, preset quick), then serve it. The build runs in
+# cached stages under $(DEMO_BUNDLE).work/: an interrupted build continues where it stopped when make run is
+# called again (training/downstream/demo.py).
 run: $(VENV)/.installed
 	@test -f $(DEMO_BUNDLE)/manifest.json || $(BIN)/lmindexer build-demo --out $(DEMO_BUNDLE)
 	$(BIN)/lmindexer serve --bundle $(DEMO_BUNDLE)

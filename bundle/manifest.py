@@ -65,6 +65,10 @@ class ParityFigures:
     Both decode ``inputs`` texts with constrained beam search (``beam_size``, ``top_k``) through the same
     beam grouping; ``max_abs_diff`` is the largest |difference| of the decoder's log-probabilities over
     the meaningful codes of every step, ``encoder_max_abs_diff`` that of the encoder states.
+    ``top_k_identical``: the two top-k agree on every input up to near ties (two results whose scores differ
+    by less than ``tolerance`` may swap places, and a near tie at a beam's cut-off is told apart by a wider
+    re-search: ``bundle.recommendation.near_tie_agreement``, the recommender's rule too);
+    ``mismatched_inputs`` counts the inputs that differ beyond that (0 in a written bundle).
     """
 
     inputs: int

@@ -8,7 +8,9 @@ One module for the export's parity check, the service and training's evaluation 
   implemented by ``RecommenderRunner`` (the bundle's ONNX graphs under onnxruntime) and, in training,
   by the torch model, so both rank through the same ``recommend``;
 - ``recommend``: histories -> top-k items in the ``generative`` or ``hybrid`` mode;
-- ``rankings_agree``: the parity rule for two rankings (near ties may swap).
+- ``rankings_agree``: the parity rule for two rankings (near ties may swap); ``near_tie_agreement``
+  applies it to a parity check's inputs, with a re-search at ``RECHECK_BEAM`` for near ties at a beam's
+  cut-off (the text models' check and the recommender's both use it).
 
 The graphs (docs/bundle.md; B histories, W = max_history, D text width, d hidden, L learned levels):
 
@@ -223,6 +225,55 @@ def rankings_agree(rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray,
         if not abs(scores_a[i] - other) < tolerance:
             return False, True
     return True, swapped
+
+
+# The beam of the re-search of an input whose rankings differ beyond swapped near ties (near_tie_agreement):
+# the widest beam the service allows.
+RECHECK_BEAM = 100
+
+
+@dataclass(frozen=True)
+class NearTies:
+    """Inputs of a parity check by outcome (their indices): ``swapped``, identical but for near ties that
+    swapped places; ``beam_cut``, different at the check's beam but agreeing when both sides search again
+    with ``RECHECK_BEAM`` (a near tie at a beam's cut-off); ``mismatched``, different both times (a real
+    difference: the export refuses the bundle)."""
+
+    swapped: tuple[int, ...]
+    beam_cut: tuple[int, ...]
+    mismatched: tuple[int, ...]
+
+
+def near_tie_agreement(rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray, scores_b: np.ndarray,
+                       tolerance: float,
+                       recheck: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = None
+                       ) -> NearTies:
+    """Compare two sets of rankings, rows and scores (Q, k) best first, input by input with ``rankings_agree``.
+
+    Two searches whose scores differ in the last bits may also part at a beam's cut-off: a near tie
+    between the last prefix a beam keeps and the first it drops lets each side keep another prefix, and
+    the results below those prefixes differ by more than the tolerance. So an input whose rankings differ
+    beyond swapped near ties is handed to ``recheck(i)`` -> (rows_a, scores_a, rows_b, scores_b) (k,) of
+    that input searched again by both sides with a wider beam (``RECHECK_BEAM``, which keeps both sides of
+    such a cut), and counts as mismatched only when those disagree too; without ``recheck`` it is
+    mismatched at once.
+    """
+    rows_a, rows_b = np.asarray(rows_a), np.asarray(rows_b)
+    if rows_a.shape != rows_b.shape:
+        return NearTies((), (), tuple(range(max(len(rows_a), len(rows_b)))))
+    swapped: list[int] = []
+    beam_cut: list[int] = []
+    mismatched: list[int] = []
+    for i in range(len(rows_a)):
+        agree, swap = rankings_agree(rows_a[i], scores_a[i], rows_b[i], scores_b[i], tolerance)
+        if agree:
+            if swap:
+                swapped.append(i)
+        elif recheck is not None and rankings_agree(*recheck(i), tolerance)[0]:
+            beam_cut.append(i)
+        else:
+            mismatched.append(i)
+    return NearTies(tuple(swapped), tuple(beam_cut), tuple(mismatched))
 
 
 class RecommenderRunner:

@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 LOG_INTERVAL_S = 30.0
 
 
-def _duration(seconds: float) -> str:
-    """'45 s', '2 min 03 s', '1 h 05 min'."""
+def duration(seconds: float) -> str:
+    """'45 s', '2 min 03 s', '1 h 05 min' (the progress lines' and build-demo's stage ETAs' format)."""
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
@@ -110,9 +110,9 @@ class LoggedProgress:
             parts[0] += f" {self.unit}"
         parts.append(f"{rate:.3g} {self.unit}/s")
         if self.total and rate > 0 and self.n < self.total:
-            parts.append(f"ETA {_duration((self.total - self.n) / rate)}")
+            parts.append(f"ETA {duration((self.total - self.n) / rate)}")
         elif self._closed or (self.total and self.n >= self.total):
-            parts.append(f"took {_duration(elapsed)}")
+            parts.append(f"took {duration(elapsed)}")
         if self._postfix:
             parts.append(self._postfix)
         return ", ".join(parts)
@@ -179,4 +179,5 @@ def library_bars_on_terminal_only() -> None:
 
 library_bars()  # a run whose standard error is a log file never draws transformers' bars
 
-__all__ = ["LOG_INTERVAL_S", "LoggedProgress", "library_bars", "library_bars_on_terminal_only", "progress_bar"]
+__all__ = ["LOG_INTERVAL_S", "LoggedProgress", "duration", "library_bars", "library_bars_on_terminal_only",
+           "progress_bar"]

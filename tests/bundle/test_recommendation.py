@@ -115,3 +115,25 @@ def test_near_ties_may_swap_and_real_differences_may_not() -> None:
                           1e-4) == (True, True)
     assert rankings_agree(rows, scores, np.array([5, 7, 9, 12]), np.array([-1.0, -1.5, -1.50004, -2.9]),
                           1e-4)[0] is False
+
+
+def test_near_tie_agreement_re_searches_only_what_differs_beyond_swapped_near_ties() -> None:
+    from bundle import near_tie_agreement
+
+    rows = np.array([[5, 7, 9], [1, 2, 3], [4, 6, 8]])
+    scores = np.array([[-1.0, -1.5, -1.50004], [-0.5, -0.7, -0.9], [-0.2, -0.3, -0.4]])
+    other_rows = np.array([[5, 9, 7], [2, 1, 3], [4, 6, 8]])
+    other_scores = np.array([[-1.0, -1.50001, -1.50003], [-0.5, -0.7, -0.9], [-0.2, -0.3, -0.4]])
+    asked: list[int] = []
+
+    def recheck(i: int):  # type: ignore[no-untyped-def]
+        asked.append(i)
+        return rows[i], scores[i], rows[i], scores[i] + 1e-6  # the wider search agrees
+
+    ties = near_tie_agreement(rows, scores, other_rows, other_scores, 1e-4, recheck=recheck)
+    assert (ties.swapped, ties.beam_cut, ties.mismatched) == ((0,), (1,), ()) and asked == [1]
+    # without a re-search, or when the re-search still differs, input 1 is a real mismatch
+    assert near_tie_agreement(rows, scores, other_rows, other_scores, 1e-4).mismatched == (1,)
+    ties = near_tie_agreement(rows, scores, other_rows, other_scores, 1e-4,
+                              recheck=lambda i: (rows[i], scores[i], other_rows[i], other_scores[i]))
+    assert ties.mismatched == (1,) and ties.beam_cut == ()

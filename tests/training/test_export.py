@@ -242,3 +242,89 @@ def test_a_recommender_that_fails_parity_is_not_written(tmp_path: Path, corpus, 
                              recommender=_recommender(documents, indexer), indexer_int8=False)
     parity = manifest.models["recommender"].parity
     assert parity.top_k_identical and parity.mismatched_inputs == 0 and 1e-5 < parity.max_abs_diff <= 1e-4
+
+
+class _TableModel:
+    """A hand-made text model for check_parity, as the torch model (TorchModel's methods) or as the runner
+    (OnnxRunner's): the log-probability of code c at level l after prefix p is ``table[(l, p)][c]`` whatever the
+    text, plus ``nudge[(l, p)][c]``."""
+
+    def __init__(self, table: dict, nudge: dict | None = None, runner: bool = False) -> None:
+        from bundle import grouped_step_fn
+
+        self.codebook_sizes = (3, 2, 1)
+        self.table, self.nudge, self.runner = table, nudge or {}, runner
+        self.tokenizer = self._Tokenizer()
+        self._grouped = grouped_step_fn
+
+    class _Tokenizer:
+        def encode(self, texts):  # type: ignore[no-untyped-def]
+            return np.ones((len(texts), 3), np.int64), np.ones((len(texts), 3), np.int64)
+
+    def tokenize(self, texts):  # type: ignore[no-untyped-def]
+        return self.tokenizer.encode(texts)
+
+    def encode_ids(self, ids, mask):  # type: ignore[no-untyped-def]
+        from bundle import Encoded
+
+        states = np.zeros((len(ids), 3, 4), np.float32)
+        return Encoded(states=states, attention_mask=mask) if self.runner else states
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        from bundle import Encoded
+
+        ids, mask = self.tokenize(texts)
+        return Encoded(states=np.zeros((len(ids), 3, 4), np.float32), attention_mask=mask)
+
+    def decoder_step(self, states, mask, codes, level):  # type: ignore[no-untyped-def]
+        out = np.full((*codes.shape[:2], 3), -30.0)
+        for b in range(codes.shape[0]):
+            for w in range(codes.shape[1]):
+                prefix = tuple(int(c) for c in codes[b, w, :level])
+                values = np.asarray(self.table[(level, prefix)], dtype=np.float64)
+                values = values + np.asarray(self.nudge.get((level, prefix), 0.0))
+                out[b, w, : len(values)] = values
+        return out.astype(np.float32)
+
+    def query_step(self, encoded):  # type: ignore[no-untyped-def]
+        def step(queries, codes, level):  # type: ignore[no-untyped-def]
+            part = encoded.rows(queries)  # OnnxRunner.step: the level's codes only
+            return self.decoder_step(part.states, part.attention_mask, codes, level)[..., : self.codebook_sizes[level]]
+        return step
+
+    def step_fn(self, encoded):  # type: ignore[no-untyped-def]
+        return self._grouped(self.query_step(encoded), self.codebook_sizes)
+
+
+def test_text_parity_lets_near_ties_swap_and_refuses_real_differences() -> None:
+    """Hand-made near ties (issue 18: a bundle was refused because two nearly equal results swapped places)."""
+    from training.downstream.export import check_parity
+
+    trie = SemanticIdTrie.build(np.array([[a, b, 0] for a in range(3) for b in range(2)]), codebook_sizes=[3, 2, 1])
+    log = np.log
+    counters = {(2, (a, b)): [0.0] for a in range(3) for b in range(2)}
+    # 1. The two results under prefix 0 score within 1e-5 of each other; torch and the runner order them apart.
+    table = {(0, ()): [log(0.7), log(0.25), log(0.05)], (1, (0,)): [log(0.5), log(0.5) - 1e-5],
+             (1, (1,)): [log(0.9), log(0.1)], (1, (2,)): [log(0.5), log(0.5)], **counters}
+    runner = _TableModel(table, nudge={(1, (0,)): [0.0, 2e-5]}, runner=True)
+    figures, decoded = check_parity(_TableModel(table), runner, ["a text", "another"], trie, tolerance=1e-4,
+                                    beam_size=3, top_k=3)
+    assert decoded[0, :2, :2].tolist() == [[0, 1], [0, 0]]  # the runner's order; torch's is [0, 0], [0, 1]
+    assert figures.max_abs_diff == pytest.approx(2e-5, rel=1e-2)
+    assert figures.top_k_identical and figures.mismatched_inputs == 0
+
+    # 2. A near tie at a beam's cut-off: at level 0, beam 2 keeps prefixes {0, 1} in torch and {0, 2} in the
+    # runner, so their second results differ by far more than the tolerance (log 0.24 vs log 0.285);
+    # searched again with the wide beam, both find the same two.
+    cut = {(0, ()): [log(0.4), log(0.3), log(0.3) - 1e-5], (1, (0,)): [log(0.9), log(0.1)],
+           (1, (1,)): [log(0.2), log(0.8)], (1, (2,)): [log(0.95), log(0.05)], **counters}
+    runner = _TableModel(cut, nudge={(0, ()): [0.0, 0.0, 2e-5]}, runner=True)
+    figures, decoded = check_parity(_TableModel(cut), runner, ["a text"], trie, tolerance=1e-4, beam_size=2, top_k=2)
+    assert decoded[0, :, :2].tolist() == [[0, 0], [2, 0]]  # torch's beam-2 search: [0, 0], [1, 1]
+    assert figures.top_k_identical and figures.mismatched_inputs == 0
+
+    # 3. A real difference: the runner moves the third result's probability to its sibling.
+    runner = _TableModel(table, nudge={(1, (1,)): [-2.0, 2.0]}, runner=True)
+    figures, _ = check_parity(_TableModel(table), runner, ["a text", "another"], trie, tolerance=1e-4, beam_size=3,
+                              top_k=3)
+    assert not figures.top_k_identical and figures.mismatched_inputs == 2 and figures.max_abs_diff > 1.9

@@ -12,7 +12,8 @@ Three graphs (signatures in `bundle.recommendation` and docs/bundle.md) from `Re
 
 `check_parity` ranks the parity histories with the torch model and with the ONNX runner through the
 one ranking function (`bundle.recommendation.recommend`), in both modes, and measures the graphs'
-largest differences on identical inputs.
+largest differences on identical inputs; the rankings must agree up to near ties
+(`bundle.recommendation.near_tie_agreement`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from torch import nn
 
 from bundle.manifest import RECOMMEND_MODES, RecommenderParity
 from bundle.recommendation import (
+    RECHECK_BEAM,
     History,
     Recommendations,
     RecommenderRunner,
-    rankings_agree,
+    near_tie_agreement,
     recommend,
 )
 from training.recommendation.model import Recommender
@@ -187,24 +189,30 @@ def check_parity(model: Recommender, runner: RecommenderRunner, histories: Seque
                "exclude_history": exclude_history}
     served: dict[str, list[Recommendations]] = {mode: [] for mode in RECOMMEND_MODES}
     mismatched: set[int] = set()
-    swapped: set[int] = set()
+    near_ties: set[int] = set()
     for start in range(0, len(histories), batch_size):
         chunk = list(histories[start:start + batch_size])
         for mode in RECOMMEND_MODES:
             got = recommend(paired, chunk, trie, item_vectors, mode=mode, **options)
             want = recommend(reference, chunk, trie, item_vectors, mode=mode, **options)
             served[mode].append(got)
-            for i in range(len(chunk)):
-                agree, swap = rankings_agree(got.rows[i], got.scores[i], want.rows[i], want.scores[i], tolerance)
-                if not agree:
-                    mismatched.add(start + i)
-                elif swap:
-                    swapped.add(start + i)
+
+            def wide(i: int, _chunk: list[History] = chunk, _mode: str = mode
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                # a near tie at a beam's cut-off: both rank the history again with the widest beam
+                wide_options = {**options, "beam_size": max(beam_size, RECHECK_BEAM)}
+                a = recommend(runner, [_chunk[i]], trie, item_vectors, mode=_mode, **wide_options)
+                b = recommend(reference, [_chunk[i]], trie, item_vectors, mode=_mode, **wide_options)
+                return a.rows[0], a.scores[0], b.rows[0], b.scores[0]
+
+            ties = near_tie_agreement(got.rows, got.scores, want.rows, want.scores, tolerance, recheck=wide)
+            mismatched.update(start + i for i in ties.mismatched)
+            near_ties.update(start + i for i in (*ties.swapped, *ties.beam_cut))
     max_diff = max(paired.hidden_diff, paired.step_diff, paired.dense_diff)
     figures = RecommenderParity(inputs=len(histories), beam_size=beam_size, top_k=top_k, tolerance=tolerance,
                                 max_abs_diff=max_diff, hidden_max_abs_diff=paired.hidden_diff,
                                 dense_max_abs_diff=paired.dense_diff, top_k_identical=not mismatched,
-                                near_tie_swaps=len(swapped - mismatched), mismatched_inputs=len(mismatched))
+                                near_tie_swaps=len(near_ties - mismatched), mismatched_inputs=len(mismatched))
     return figures, {mode: _concat(parts) for mode, parts in served.items()}
 
 
