@@ -309,7 +309,7 @@ def test_text_parity_lets_near_ties_swap_and_refuses_real_differences() -> None:
     runner = _TableModel(table, nudge={(1, (0,)): [0.0, 2e-5]}, runner=True)
     figures, decoded = check_parity(_TableModel(table), runner, ["a text", "another"], trie, tolerance=1e-4,
                                     beam_size=3, top_k=3)
-    assert decoded[0, :2, :2].tolist() == [[0, 1], [0, 0]]  # the runner's order; torch's is [0, 0], [0, 1]
+    assert decoded.semantic_ids[0, :2, :2].tolist() == [[0, 1], [0, 0]]  # the runner's order; torch's is [0, 0], [0, 1]
     assert figures.max_abs_diff == pytest.approx(2e-5, rel=1e-2)
     assert figures.top_k_identical and figures.mismatched_inputs == 0
 
@@ -320,7 +320,7 @@ def test_text_parity_lets_near_ties_swap_and_refuses_real_differences() -> None:
            (1, (1,)): [log(0.2), log(0.8)], (1, (2,)): [log(0.95), log(0.05)], **counters}
     runner = _TableModel(cut, nudge={(0, ()): [0.0, 0.0, 2e-5]}, runner=True)
     figures, decoded = check_parity(_TableModel(cut), runner, ["a text"], trie, tolerance=1e-4, beam_size=2, top_k=2)
-    assert decoded[0, :, :2].tolist() == [[0, 0], [2, 0]]  # torch's beam-2 search: [0, 0], [1, 1]
+    assert decoded.semantic_ids[0, :, :2].tolist() == [[0, 0], [2, 0]]  # torch's beam-2 search: [0, 0], [1, 1]
     assert figures.top_k_identical and figures.mismatched_inputs == 0
 
     # 3. A real difference: the runner moves the third result's probability to its sibling.
