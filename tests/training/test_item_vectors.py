@@ -105,6 +105,25 @@ def test_a_shorter_agreement_check_still_encodes_every_document(ids_dir: Path) -
     assert float(np.abs(vectors - np.load(ids_dir / VECTORS_FILE)).max()) <= 1e-5
 
 
+def test_the_pass_over_a_frozen_encoders_cached_states_equals_the_encoder_pass(ids_dir: Path) -> None:
+    """With the whole encoder frozen, the indexer's cached states (one (S_i, d) tensor per document, each
+    computed in its own batch) are the saved encoder's output: the pass that reads them gives the agreement
+    and the vectors of the pass that runs the encoder (learn-ids reads them to save an encoder pass)."""
+    from training.indexing.lmindexer.encoder_states import tokenize_corpus
+    from training.indexing.network import SemanticIdNetwork
+
+    codes = read_ids_jsonl(ids_dir / "ids.jsonl").semantic_ids[:, :-1]
+    network = SemanticIdNetwork.load(ids_dir / "network").eval()
+    corpus = tokenize_corpus(TEXTS, TINY)
+    with torch.no_grad():
+        states = [network.encode(row[None], torch.ones_like(row)[None])[0] for row in corpus.input_ids]
+    encoded, encoded_vectors = final_network_pass(ids_dir / "network", TEXTS, codes, TINY, torch.device("cpu"))
+    cached, cached_vectors = final_network_pass(ids_dir / "network", TEXTS, codes, TINY, torch.device("cpu"),
+                                                frozen_states=states)
+    assert cached == encoded and cached["final_network_agreement"] == 1.0
+    assert float(np.abs(cached_vectors - encoded_vectors).max()) <= 1e-5
+
+
 def test_export_turns_a_network_folder_into_its_encoders_folder(ids_dir: Path, cache: None) -> None:
     """The stored vectors name the network folder as their encoder; exporting it as the recommender's text
     encoder (when the indexer's encoder would not do) needs a Hugging Face folder."""
