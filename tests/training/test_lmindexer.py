@@ -124,3 +124,24 @@ def test_folded_decode_equals_network_decode() -> None:
     fast = network.decode(states, mask, vectors, folded=True)
     torch.manual_seed(5)
     torch.testing.assert_close(fast, network.decode(states, mask, vectors), atol=2e-5, rtol=1e-4)
+
+
+def test_consolidation_stage_fits_the_table(tmp_path: Path, monkeypatch) -> None:
+    """consolidate_epochs > 0: a last decoder-only stage (teacher-forced CE on every level's codes) runs after
+    the last level; the network then reproduces the table, and re-assignment changes only what it missed."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("LMINDEXER_CACHE_DIR", "off")
+    config = replace(TINY, warmup_epochs=0.5, nocode_epochs=(0.5,), full_epochs=(0.5,), consolidate_epochs=6,
+                     consolidate_tau=0.1, dev_size=8)
+    learned = learn_lmindexer_codes(_documents(), config, tmp_path / "out")
+    stages = learned.diagnostics["stages"]
+    assert stages[-1]["stage"] == "consolidate" and stages[-1]["epochs"] == 6
+    assert all("dev_agreement" in epoch for epoch in stages[-1]["history"])
+    before, after = stages[-1]["teacher_forced_agreement_before"], stages[-1]["teacher_forced_agreement_after"]
+    assert 0.0 <= before <= 1.0 and after >= 0.9
+    # what the consolidated network did not fit is what the re-assignment changes
+    assert learned.diagnostics["reassignment"]["changed_documents"] <= 1.0 - after + 1e-9
+    assert learned.diagnostics["final_network_agreement"] == 1.0
+    with pytest.raises(ConfigError):
+        LMIndexerConfig(consolidate_epochs=-1)

@@ -60,6 +60,15 @@ class LMIndexerConfig:
         "help": "Per level, epochs of continuous training (last value serves deeper levels)."})
     full_epochs: tuple[float, ...] = field(default=(30, 30), metadata={
         "help": "Per level, epochs of quantised training (last value serves deeper levels)."})
+    consolidate_epochs: float = field(default=0.0, metadata={
+        "help": "Epochs of a last 'consolidation' stage after the last level (0 = none): the ID decoder and all "
+                "codebooks learn the whole ID table by teacher-forced CE on every level's codes (L_commitment on "
+                "all levels; no reconstructor, cached encoder states), so the final network's greedy codes, which "
+                "the table is re-assigned to, reproduce the codes each level chose."})
+    consolidate_tau: float = field(default=1.0, metadata={
+        "help": "Temperature of the consolidation CE on the scaled logits h . e / sqrt(d) (smaller: larger margins)."})
+    consolidate_lr: float = field(default=0.0, metadata={
+        "help": "LR of the consolidation stage (0 = lr)."})
     train_fraction: float = field(default=1.0, metadata={
         "help": "Fraction of the documents (a fresh sample each epoch) seen per training epoch."})
     batch_size: int = field(default=128, metadata={"help": "Documents per step."})
@@ -112,8 +121,10 @@ class LMIndexerConfig:
             raise ConfigError("nocode_epochs and full_epochs need at least one value")
         if not 0.0 < self.recon_target_fraction <= 1.0 or not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError("recon_target_fraction and train_fraction must be in (0, 1]")
-        if self.tau <= 0 or self.contrastive_temperature <= 0:
-            raise ConfigError("tau and contrastive_temperature must be > 0")
+        if self.tau <= 0 or self.contrastive_temperature <= 0 or self.consolidate_tau <= 0:
+            raise ConfigError("tau, consolidate_tau and contrastive_temperature must be > 0")
+        if self.consolidate_epochs < 0 or self.consolidate_lr < 0:
+            raise ConfigError("consolidate_epochs and consolidate_lr must be >= 0")
         if self.agreement_documents < 0:
             raise ConfigError("agreement_documents must be >= 0")
         if self.group_size < 1 or self.batch_size < 2:

@@ -38,14 +38,14 @@ class StageSpec:
     """How one stage computes its loss."""
 
     level: int
-    kind: Literal["warmup", "nocode", "full"]
+    kind: Literal["warmup", "nocode", "full", "consolidate"]
     hint_p: float
     contrastive: bool
     commitment: bool
 
     @property
     def name(self) -> str:
-        return f"level{self.level}-{self.kind}"
+        return "consolidate" if self.kind == "consolidate" else f"level{self.level}-{self.kind}"
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,8 @@ class IndexerModel(nn.Module):
         """The loss of one training batch under `spec` and its parts (lmindexer-method.md, section 4)."""
         config = self.config
         level = spec.level
+        if spec.kind == "consolidate":
+            return self.consolidation_loss(batch)
         if spec.kind == "warmup":  # only the reconstructor learns: no graph through encoder and decoder
             with torch.no_grad():
                 ids, mask, hidden = self.hidden(batch.rows, batch.earlier)
@@ -213,6 +215,17 @@ class IndexerModel(nn.Module):
             loss = loss + config.commitment_weight * commit
             logs["commit"] = float(commit.detach())
         return loss, logs
+
+    def consolidation_loss(self, batch: DocumentBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The consolidation stage's loss: teacher-forced CE of every level's logits against the batch's
+        whole ID table rows (batch.earlier (B, L): all the codes), on h . e / (consolidate_tau sqrt(d))."""
+        _, _, hidden = self.hidden(batch.rows, batch.earlier)  # (B, L+1, d)
+        codes = torch.as_tensor(batch.earlier, device=self.device)
+        scale = self.config.consolidate_tau * math.sqrt(self.network.hidden_size)
+        logits_list = [self.network.level_logits(hidden[:, j], j) / scale for j in range(codes.shape[1])]
+        loss = commitment_loss(logits_list, codes)
+        correct = torch.stack([lg.argmax(-1) == codes[:, j] for j, lg in enumerate(logits_list)], dim=1)
+        return loss, {"commit": float(loss.detach()), "agree": float(correct.all(dim=1).float().mean())}
 
     @torch.no_grad()
     def reconstruction_figures(self, batch: DocumentBatch, spec: StageSpec,

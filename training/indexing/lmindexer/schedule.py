@@ -54,7 +54,7 @@ RECONSTRUCTOR_FILE = "reconstructor.safetensors"
 NETWORK_DIR = "network"
 
 # Seeds of the stages' data order: (seed, this + 10 * level, epoch).
-_STAGE_SEEDS = {"warmup": 1, "nocode": 2, "full": 3}
+_STAGE_SEEDS = {"warmup": 1, "nocode": 2, "full": 3, "consolidate": 4}
 
 
 class LMIndexer:
@@ -180,17 +180,18 @@ class LMIndexer:
         (`encoder_lr`), and in the full stage the codebooks (only E^level moves, see run_stage). The
         counter head is fine-tuning's."""
         config = self.config
+        lr = (config.consolidate_lr or config.lr) if spec.kind == "consolidate" else config.lr
 
         def lr_of(name: str) -> float | None:
             if name.startswith("reconstructor."):
-                return config.lr
+                return None if spec.kind == "consolidate" else lr
             if spec.kind == "warmup" or name == "network.counter_head":
                 return None
             if name == "network.codebooks":
-                return config.lr if spec.kind == "full" else None
+                return lr if spec.kind in ("full", "consolidate") else None
             if name.startswith("network.encoder."):
                 return config.encoder_lr
-            return config.lr
+            return lr
 
         return lr_of
 
@@ -204,15 +205,20 @@ class LMIndexer:
         config = self.config
         stage_seed = _STAGE_SEEDS[spec.kind] + 10 * spec.level
 
+        consolidate = spec.kind == "consolidate"
+
         def batches(epoch: int, rank: int, world_size: int) -> list[DocumentBatch]:
-            rows = self.batches(epoch, spec.level, stage_seed, fraction)
+            # consolidation: shuffled documents (no prefix packing) with all their codes
+            rows = self.batches(epoch, 0 if consolidate else spec.level, stage_seed, fraction)
             return [self.batch(r, spec.level) for r in shard(rows, rank, world_size)]
 
         steps = len(batches(0, self.context.rank, self.context.world_size)) * passes
         settings = LoopSettings(
-            epochs=passes, lr=config.lr, weight_decay=config.weight_decay, schedule="linear",
+            epochs=passes, lr=(config.consolidate_lr or config.lr) if consolidate else config.lr,
+            weight_decay=config.weight_decay, schedule="linear",
             warmup_steps=math.ceil(steps * config.warmup_ratio), grad_clip=config.grad_clip, seed=config.seed,
-            amp=config.amp, device=config.device, metric="dev_recon_loss", higher_is_better=False,
+            amp=config.amp, device=config.device, metric="dev_agreement" if consolidate else "dev_recon_loss",
+            higher_is_better=consolidate,
             patience=config.patience, checkpoint_every=config.checkpoint_every, checkpoint_epochs=True,
             progress=config.progress)
         # the frozen encoder never changes: its weights stay out of the checkpoints
@@ -224,10 +230,14 @@ class LMIndexer:
             keep = torch.zeros(config.num_levels, 1, 1, device=self.device)
             keep[spec.level] = 1.0  # only E^level learns; earlier codebooks stay what the codes were
             hook = self.network.codebooks.register_hook(lambda grad: grad * keep)
+        evaluate = None
+        if consolidate:
+            evaluate = lambda model: {"dev_agreement": self.teacher_forced_agreement(self.dev_rows)}  # noqa: E731
+        elif self.dev_rows:
+            evaluate = lambda model: self.dev_reconstruction(spec)  # noqa: E731
         try:
             result = train(self.model, settings, batches, lambda model, batch: model.stage_loss(batch, spec),
-                           self.checkpoint_dir / name,
-                           evaluate=(lambda model: self.dev_reconstruction(spec)) if self.dev_rows else None,
+                           self.checkpoint_dir / name, evaluate=evaluate if self.dev_rows else None,
                            lr_of=self.stage_lr(spec), no_decay=("network.codebooks",),
                            frozen_state=frozen.__contains__, name=name)
         finally:
@@ -237,7 +247,8 @@ class LMIndexer:
                                   "seconds": round(result.seconds, 2), "history": result.history,
                                   "stopped_early": result.stop_reason == "patience",
                                   "resumed": result.resumed_from > 0}
-        record.update(self.dev_reconstruction(spec))
+        if not consolidate:
+            record.update(self.dev_reconstruction(spec))
         logger.info("%s done: %s", name, {k: v for k, v in record.items() if k != "history"})
         return record
 
@@ -322,6 +333,20 @@ class LMIndexer:
         return greedy, forced
 
     @torch.no_grad()
+    def teacher_forced_agreement(self, rows: Sequence[int] | None = None) -> float:
+        """Fraction of documents `rows` (None = all) whose L teacher-forced codes all equal the table's."""
+        self.model.eval()
+        rows = np.arange(len(self.corpus)) if rows is None else np.asarray(rows)
+        levels = self.config.num_levels
+        same = 0
+        for start in range(0, len(rows), self.config.eval_batch_size):
+            batch = self.batch(rows[start : start + self.config.eval_batch_size], levels)
+            _, _, hidden = self.model.hidden(batch.rows, batch.earlier[:, : levels - 1])  # (B, L, d)
+            forced = torch.stack([self.network.level_logits(hidden[:, j], j).argmax(-1) for j in range(levels)], 1)
+            same += int((forced.cpu().numpy() == batch.earlier).all(axis=1).sum())
+        return same / max(1, len(rows))
+
+    @torch.no_grad()
     def assign(self, level: int) -> np.ndarray:
         """c_level = argmax h^level . E^level for every document."""
         hidden = torch.from_numpy(self.hidden_states(level)).to(self.device)
@@ -354,6 +379,15 @@ class LMIndexer:
             level_record.update(self._level_figures(level, full))
             self.diagnostics["levels"].append(level_record)
             logger.info("level %d: %s", level, level_record)
+        if config.consolidate_epochs > 0:
+            spec = StageSpec(config.num_levels, "consolidate", 0.0, False, True)
+            before = self.teacher_forced_agreement()
+            record = self.run_stage(spec, config.consolidate_epochs)
+            record["teacher_forced_agreement_before"] = before
+            record["teacher_forced_agreement_after"] = self.teacher_forced_agreement()
+            self.diagnostics["stages"].append(record)
+            logger.info("consolidation: teacher-forced agreement with the table %.3f -> %.3f", before,
+                        record["teacher_forced_agreement_after"])
         # Training a later level moves the network under the earlier codes (L_commitment only resists it),
         # and each level was assigned with the codes before it teacher-forced. The final network is what
         # assigns IDs to new documents and what fine-tuning starts from, so the table is re-assigned from
