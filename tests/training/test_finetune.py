@@ -180,3 +180,17 @@ def test_finetune_dataset_beauty_points_to_the_item_token_recommender(tmp_path: 
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="--task recommendation"):
         load_task("beauty")  # a finetune.json written by the old recommender, read by evaluate or export
+
+
+def test_a_retriever_finetuned_before_issue_17_still_loads(tmp_path: Path) -> None:
+    """finetune.json records of that time hold max_history and train_examples; they are ignored."""
+    from training.config import config_to_dict
+    from training.downstream.experiment import FINETUNE_RECORD, load_finetuned
+
+    config = FinetuneConfig(steps=3)
+    record = {"dataset": "cranfield", "config": {**config_to_dict(config), "max_history": 20,
+                                                 "train_examples": "prefix"}}
+    (tmp_path / FINETUNE_RECORD).write_text(json.dumps(record), encoding="utf-8")
+    tiny_network().save(tmp_path / "network")
+    _, loaded, _ = load_finetuned(tmp_path)
+    assert loaded == config

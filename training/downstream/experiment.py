@@ -71,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 RETRIEVAL_METRICS = ("ndcg@10", "recall@10", "mrr@10")
 FINETUNE_RECORD = "finetune.json"
+RETIRED_SETTINGS = frozenset({"max_history", "train_examples"})  # of the history-text recommender (issue 17)
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,9 @@ def load_finetuned(out_dir: Path) -> tuple[dict[str, Any], FinetuneConfig, Any]:
     if not path.is_file():
         raise ConfigError(f"{out_dir} is not a finetune output (no {FINETUNE_RECORD})")
     record = json.loads(path.read_text(encoding="utf-8"))
-    config = build_config(FinetuneConfig, record["config"], source=str(path))
+    # records written before issue 17 also hold the removed history-text recommender's settings
+    settings = {k: v for k, v in record["config"].items() if k not in RETIRED_SETTINGS}
+    config = build_config(FinetuneConfig, settings, source=str(path))
     network = SemanticIdNetwork.load(out_dir / "network").eval()
     return record, config, network
 
