@@ -13,7 +13,6 @@ from training.data.amazon import (
     AmazonItem,
     AmazonSettings,
     ItemTextSettings,
-    history_text,
     item_text,
     items_as_documents,
     leave_one_out,
@@ -75,27 +74,10 @@ def test_beauty_splits_sizes_and_protocol(beauty, beauty_splits):
         (first.items[:1], first.items[1]),
         (first.items[:2], first.items[2]),
     ]
-    # Histories are truncated to the last 20 items; the longest user has 204.
+    # Histories are not truncated (a model cuts them to what it reads); the longest user has 204 items.
     longest = max(beauty.sequences, key=lambda s: len(s.items))
     test_example = next(e for e in splits.test if e.user_id == longest.user_id)
-    assert test_example.history == longest.items[-21:-1]
-    assert max(len(e.history) for e in splits.train) == 20
-
-
-def test_official_windows_follow_the_rule(beauty):
-    splits = leave_one_out(beauty, AmazonSettings(train_examples="official", train_windows_per_user=5))
-    assert len(splits.train) == 5 * 22_363
-    by_user = {s.user_id: s.items for s in beauty.sequences}
-    for example in splits.train[:5000]:
-        seq = by_user[example.user_id]
-        n = len(seq)
-        end = seq.index(example.target)  # 0-based index of the target = 1-based window end
-        start = end - len(example.history) + 1  # 1-based window start
-        assert max(2, n - 5) <= end <= n - 3
-        assert 1 <= start <= max(1, min(4, end) - 1) or len(example.history) == 20
-        assert seq[end - len(example.history):end] == example.history
-    again = leave_one_out(beauty, AmazonSettings(train_examples="official"))
-    assert again.train == splits.train  # seeded
+    assert test_example.history == longest.items[:-1] and len(test_example.history) == 203
 
 
 def test_default_text_template(beauty):
@@ -125,9 +107,7 @@ def test_custom_template_and_typed_settings():
     with pytest.raises(ConfigError, match="unknown field"):
         ItemTextSettings(segments=("{description}",))
     with pytest.raises(ConfigError):
-        build_config(AmazonSettings, {"max_history": "twenty"})
-    with pytest.raises(ConfigError):
-        build_config(AmazonSettings, {"train_examples": "random"})
+        build_config(AmazonSettings, {"max_history": 20})  # the history-text recommender's, removed
 
 
 def test_documents_and_corpus_jsonl(beauty, tmp_path):
@@ -142,12 +122,6 @@ def test_documents_and_corpus_jsonl(beauty, tmp_path):
     assert read_corpus_jsonl(path) == documents
 
 
-def test_history_text_most_recent_first(beauty):
-    history = ("B004756YJA", "B0020YLEYK")
-    expected = item_text(beauty.items["B0020YLEYK"]) + ". " + item_text(beauty.items["B004756YJA"])
-    assert history_text(history, beauty) == expected
-
-
 # --- bad input ----------------------------------------------------------------------------------
 
 
@@ -155,10 +129,10 @@ def test_small_files_plain_and_gzip(tmp_path):
     lines = [_item("a", title="A"), _item("b"), _item("c")]
     items = _write(tmp_path / "items.jsonl.gz", lines, compress=True)
     seqs = _write(tmp_path / "seq.txt", ["u1 a b c", "", "u2 c b a b"])
-    dataset = load_amazon(AmazonSettings(items_path=items, sequences_path=seqs, max_history=2))
+    dataset = load_amazon(AmazonSettings(items_path=items, sequences_path=seqs))
     assert list(dataset.items) == ["a", "b", "c"]
-    splits = leave_one_out(dataset, AmazonSettings(items_path=items, sequences_path=seqs, max_history=2))
-    assert [(e.history, e.target) for e in splits.test] == [(("a", "b"), "c"), (("b", "a"), "b")]
+    splits = leave_one_out(dataset)
+    assert [(e.history, e.target) for e in splits.test] == [(("a", "b"), "c"), (("c", "b", "a"), "b")]
     # u1 has one training item (no example); u2's training items are c, b.
     assert [(e.history, e.target) for e in splits.train] == [(("c",), "b")]
     assert splits.train_sequences == {"u1": ("a",), "u2": ("c", "b")}

@@ -19,9 +19,7 @@ from training.downstream.tasks import (
     Example,
     choose_cold_documents,
     document_spans,
-    history_input,
     load_id_source,
-    recommendation_examples,
     retrieval_examples,
 )
 from training.encoder import load_tokenizer
@@ -76,15 +74,6 @@ def test_span_pseudo_queries_are_seeded_distinct_pieces_of_their_document() -> N
     assert [e.doc_id for e in pairs] == ["a"] * 4  # the document itself + 3 spans; cold b has none
     assert [e.text for e in pairs[1:]] == document_spans(text, 3, 10, random.Random("7:a"))
     assert retrieval_examples({}, {}, documents, id_of, doc_as_query=False, span_queries=3) == []
-
-
-def test_recommendation_input_is_most_recent_first_and_truncated() -> None:
-    assert history_input(["old", "mid", "new"], max_history=2) == "new. mid"
-    texts = {"i1": "one", "i2": "two", "i3": "three"}
-    id_of = {"i1": (0, 0, 0), "i2": (0, 1, 0), "i3": (1, 0, 0)}
-    pairs = recommendation_examples([(("i1", "i2"), "i3"), (("i1",), "i2")], texts, id_of, max_history=20,
-                                    cold={"i2"})
-    assert pairs == [Example("two. one", "i3", (1, 0, 0))]
 
 
 def test_cold_documents_are_a_seeded_five_percent() -> None:
@@ -179,3 +168,29 @@ def test_benchmark_ids_presets_give_every_method_one_preset() -> None:
         ids_overrides_for(["num_threads=1"], methods)
     with pytest.raises(ConfigError, match="not one of the methods"):
         ids_overrides_for(["kmeans:num_threads=1"], methods)
+
+
+def test_finetune_dataset_beauty_points_to_the_item_token_recommender(tmp_path: Path, capsys) -> None:
+    """The history-text recommender is gone: `--dataset beauty` exits 2 and names `--task recommendation`."""
+    from lmindexer.cli import main
+    from training.downstream.experiment import load_task
+
+    status = main(["finetune", "--dataset", "beauty", "--ids", str(tmp_path / "ids"), "--out", str(tmp_path / "out")])
+    assert status == 2 and "--task recommendation" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="--task recommendation"):
+        load_task("beauty")  # a finetune.json written by the old recommender, read by evaluate or export
+
+
+def test_a_retriever_finetuned_before_issue_17_still_loads(tmp_path: Path) -> None:
+    """finetune.json records of that time hold max_history and train_examples; they are ignored."""
+    from training.config import config_to_dict
+    from training.downstream.experiment import FINETUNE_RECORD, load_finetuned
+
+    config = FinetuneConfig(steps=3)
+    record = {"dataset": "cranfield", "config": {**config_to_dict(config), "max_history": 20,
+                                                 "train_examples": "prefix"}}
+    (tmp_path / FINETUNE_RECORD).write_text(json.dumps(record), encoding="utf-8")
+    tiny_network().save(tmp_path / "network")
+    _, loaded, _ = load_finetuned(tmp_path)
+    assert loaded == config

@@ -4,10 +4,10 @@
   the item-token recommender (`training.recommendation`) on any P5-format dataset; presets
   `training/configs/recommender-<preset>.toml`. Writes recommender.json, model.safetensors,
   items.npz and train/ (the loop's checkpoint; a re-run resumes).
-- `--dataset beauty|cranfield --ids DIR --out DIR`: the semantic-ID network fine-tuned on input text
-  (retrieval on Cranfield; the history-text recommender on Beauty). Writes network/ (the fine-tuned
-  network), finetune.json (task, dataset, ID source, settings, cold-start documents, loss history)
-  and, while training, checkpoint/ (a re-run resumes).
+- `--dataset cranfield --ids DIR --out DIR`: the semantic-ID network fine-tuned for retrieval on
+  Cranfield (`--dataset beauty` exits 2: Beauty recommendation is `--task recommendation`). Writes
+  network/ (the fine-tuned network), finetune.json (task, dataset, ID source, settings, cold-start
+  documents, loss history) and, while training, checkpoint/ (a re-run resumes).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ HELP = "Fine-tune the indexer for retrieval or train the recommender."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("retrieval", "recommendation"), default=None,
                         help="recommendation: the item-token recommender on --items/--sequences. "
-                             "Without it, --dataset chooses (beauty or cranfield).")
-    parser.add_argument("--dataset", choices=DATASETS, default=None,
-                        help="beauty (history-text recommendation, P5 leave-one-out) or cranfield (retrieval).")
+                             "Without it, --dataset cranfield (retrieval).")
+    parser.add_argument("--dataset", choices=(*DATASETS, "beauty"), default=None,
+                        help="cranfield (retrieval). Beauty recommendation is --task recommendation.")
     parser.add_argument("--data", type=Path, default=None, help="Dataset folder (default: the vendored copy in data/).")
     parser.add_argument("--items", type=Path, default=None,
                         help="--task recommendation: items JSONL(.gz), P5 format (default: vendored Beauty).")
@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.task == "recommendation":
         return _recommendation(args)
+    if args.dataset == "beauty":
+        raise ConfigError("Beauty recommendation is `lmindexer finetune --task recommendation` (the item-token "
+                          "recommender; --items/--sequences default to the vendored Beauty); --dataset takes cranfield")
     if args.dataset is None:
         raise ConfigError("--dataset is required unless --task recommendation")
     if args.task == "retrieval" and args.dataset != "cranfield":

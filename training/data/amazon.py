@@ -23,23 +23,13 @@ a third of the catalogue that says nothing about the item.
 Splits (P5 / TIGER protocol, user by user): the last item is the test target, the second-to-last
 the validation target, earlier items are training interactions. The validation history is
 everything before the validation target, the test history everything before the test target
-(the validation item included). Histories are truncated to the last `max_history` items
-(default 20). Every user needs at least 3 items (one training interaction plus the two targets).
-
-Training examples (`train_examples`):
-
-- ``"prefix"`` (default): every prefix of the training interactions predicts its next item, i.e.
-  for training items ``s_1..s_m`` the examples are ``(s_1 -> s_2), (s_1 s_2 -> s_3), ...,
-  (s_1..s_{m-1} -> s_m)``: ``m - 1`` examples per user, 131,413 on Beauty. Deterministic, and the
-  same supervision a SASRec-style model receives from predicting at every position.
-- ``"official"``: the official code's `train_iter` random windows per user (`sqrec_gen.py`): with
-  ``n`` the full sequence length and 1-based positions, the window end is drawn uniformly from
-  ``[max(2, n - 5), n - 3]``, the start from ``[1, min(4, end) - 1]``, the history is
-  ``s_start..s_end`` and the target ``s_{end+1}`` (so targets stop at the last training item).
-  Ranges that would be empty (short sequences) are clamped; seeded by `seed`.
-
-Histories are always returned oldest first; `history_text` renders them the way the official
-code feeds them to the language model (most recent first, joined with ``". "``).
+(the validation item included). Every user needs at least 3 items (one training interaction
+plus the two targets). Training examples: every prefix of the training interactions predicts its
+next item, i.e. for training items ``s_1..s_m`` the examples are ``(s_1 -> s_2), (s_1 s_2 -> s_3),
+..., (s_1..s_{m-1} -> s_m)``: ``m - 1`` examples per user, 131,413 on Beauty, the supervision a
+sequence model receives from predicting at every position. Histories are oldest first and not
+truncated (a model cuts them to what it reads). The recommenders read this split as arrays
+(`training.baselines.recommendation.RecData`).
 """
 
 from __future__ import annotations
@@ -47,12 +37,11 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import random
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from training.data.corpus import Document, write_corpus_jsonl
 from training.errors import ConfigError, DataFormatError
@@ -102,31 +91,13 @@ class ItemTextSettings:
 
 @dataclass(frozen=True)
 class AmazonSettings:
-    """Where the Amazon files are and how splits and training examples are built."""
+    """Where the Amazon files are."""
 
     items_path: Path = field(default=BEAUTY_ITEMS, metadata={"help": "Items, JSON lines (.gz or plain)."})
     sequences_path: Path = field(
         default=BEAUTY_SEQUENCES,
         metadata={"help": "User sequences, 'USER ITEM ITEM ...' lines (.gz or plain)."},
     )
-    max_history: int = field(
-        default=20, metadata={"help": "Histories keep their last max_history items (0 = no limit)."}
-    )
-    train_examples: Literal["prefix", "official"] = field(
-        default="prefix",
-        metadata={"help": "'prefix': every prefix of the training items predicts its next item; "
-                          "'official': train_windows_per_user random windows as in the official code."},
-    )
-    train_windows_per_user: int = field(
-        default=5, metadata={"help": "Random windows per user for train_examples='official' (train_iter)."}
-    )
-    seed: int = field(default=2023, metadata={"help": "Seed of the random windows ('official' examples)."})
-
-    def __post_init__(self) -> None:
-        if self.max_history < 0:
-            raise ConfigError(f"max_history must be >= 0, got {self.max_history}")
-        if self.train_windows_per_user < 1:
-            raise ConfigError(f"train_windows_per_user must be >= 1, got {self.train_windows_per_user}")
 
 
 @dataclass(frozen=True)
@@ -163,8 +134,8 @@ class RecExample:
 class RecSplits:
     """Leave-one-out splits: training examples, one validation and one test example per user.
 
-    `train_sequences` holds each user's training interactions (all items but the last two), not
-    truncated: models that predict at every position (SASRec) train on them directly.
+    `train_sequences` holds each user's training interactions (all items but the last two): models
+    that predict at every position (SASRec) train on them directly.
     """
 
     train: list[RecExample]
@@ -400,64 +371,22 @@ def write_items_corpus(
     return len(documents)
 
 
-def history_text(
-    history: Sequence[str],
-    dataset: AmazonDataset,
-    text: ItemTextSettings | None = None,
-    most_recent_first: bool = True,
-    joiner: str = ". ",
-) -> str:
-    """A history (oldest first) as model input text, as in the official code: the items' texts,
-    most recent first, joined with ``". "``."""
-    texts = [item_text(dataset.items[a], text) for a in history]
-    if most_recent_first:
-        texts.reverse()
-    return joiner.join(texts)
-
-
 # ---------------------------------------------------------------------------------------------
 # Splits
 
 
-def _truncate(history: Sequence[str], max_history: int) -> tuple[str, ...]:
-    return tuple(history[-max_history:]) if max_history > 0 else tuple(history)
-
-
-def _official_windows(
-    seq: Sequence[str], windows: int, rng: random.Random
-) -> Iterable[tuple[tuple[str, ...], str]]:
-    """The official `sqrec_gen.py` windows over a full sequence (1-based positions, see module doc)."""
-    n = len(seq)
-    hi_end = n - 3  # the last training item is at n - 2; the target is end + 1
-    if hi_end < 1:
-        return
-    lo_end = min(max(2, n - 5), hi_end)
-    for _ in range(windows):
-        end = rng.randint(lo_end, hi_end)
-        start = rng.randint(1, max(1, min(4, end) - 1))
-        yield tuple(seq[start - 1:end]), seq[end]
-
-
-def leave_one_out(dataset: AmazonDataset, settings: AmazonSettings | None = None) -> RecSplits:
-    """Leave-one-out splits per user (see the module docstring), histories truncated to the last
-    `settings.max_history` items."""
-    settings = settings or AmazonSettings()
-    rng = random.Random(settings.seed)
+def leave_one_out(dataset: AmazonDataset) -> RecSplits:
+    """Leave-one-out splits per user (see the module docstring)."""
     train: list[RecExample] = []
     valid: list[RecExample] = []
     test: list[RecExample] = []
     train_sequences: dict[str, tuple[str, ...]] = {}
-    m = settings.max_history
     for user in dataset.sequences:
         seq = user.items
         train_items = seq[:-2]
         train_sequences[user.user_id] = train_items
-        valid.append(RecExample(user.user_id, _truncate(seq[:-2], m), seq[-2]))
-        test.append(RecExample(user.user_id, _truncate(seq[:-1], m), seq[-1]))
-        if settings.train_examples == "prefix":
-            for t in range(1, len(train_items)):
-                train.append(RecExample(user.user_id, _truncate(train_items[:t], m), train_items[t]))
-        else:
-            for history, target in _official_windows(seq, settings.train_windows_per_user, rng):
-                train.append(RecExample(user.user_id, _truncate(history, m), target))
+        valid.append(RecExample(user.user_id, tuple(seq[:-2]), seq[-2]))
+        test.append(RecExample(user.user_id, tuple(seq[:-1]), seq[-1]))
+        for t in range(1, len(train_items)):
+            train.append(RecExample(user.user_id, tuple(train_items[:t]), train_items[t]))
     return RecSplits(train=train, valid=valid, test=test, train_sequences=train_sequences)

@@ -103,7 +103,6 @@ from training.data.amazon import (
 from training.downstream.experiment import (
     EvalSet,
     Task,
-    beauty_task,
     evaluate_task,
     finetune_task,
     load_finetuned,
@@ -304,15 +303,15 @@ def _retrieval_task(dataset: AmazonDataset, dev_queries: int, eval_queries: int,
     """The retriever's task: the catalogue's documents, titles for title-as-query pairs, and two disjoint
     seeded samples of titles (their own item is the answer): `dev_queries` of them the "valid" split
     (chooses the hybrid weight and default search mode), `eval_queries` others the "test" split."""
-    rec_task = beauty_task(dataset)
-    titles = {d.doc_id: str(d.metadata.get("title") or "") for d in rec_task.documents}
+    documents = items_as_documents(dataset)
+    titles = {d.doc_id: str(d.metadata.get("title") or "") for d in documents}
     title_ids = [d for d in titles if titles[d]]
     rng = random.Random(seed)
     drawn = rng.sample(title_ids, min(len(title_ids), dev_queries + eval_queries))
     dev_ids, test_ids = drawn[:dev_queries], drawn[dev_queries:]
     eval_sets = {name: EvalSet(ids, [titles[d] for d in ids], {d: {d: 1} for d in ids})
                  for name, ids in (("valid", dev_ids), ("test", test_ids)) if ids}
-    return Task(kind="retrieval", name="beauty-titles", documents=rec_task.documents, eval_sets=eval_sets,
+    return Task(kind="retrieval", name="beauty-titles", documents=documents, eval_sets=eval_sets,
                 titles=titles)
 
 

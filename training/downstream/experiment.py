@@ -1,7 +1,7 @@
 """One downstream experiment end to end: data -> fine-tune -> cold-start indexing -> evaluation.
 
 A `Task` is the dataset side (documents, training pairs, evaluation queries and qrels) of
-retrieval (Cranfield, or any corpus with queries) or recommendation (Amazon P5 leave-one-out).
+retrieval (Cranfield, or any corpus with queries; recommendation is `training.recommendation`).
 `finetune_task` fine-tunes a network for an ID source and writes DIR/network + DIR/finetune.json;
 `evaluate_task` loads it, gives the cold-start documents their IDs (the indexer's greedy codes +
 next free counter for LMIndexer IDs; methods without an indexer network keep the IDs their
@@ -37,7 +37,6 @@ from bundle import (
     search_candidates,
 )
 from training.config import build_config, config_to_dict
-from training.data.amazon import AmazonSettings, items_as_documents, leave_one_out, load_amazon
 from training.data.corpus import Document, write_corpus_jsonl
 from training.data.smart import cranfield_query_split, read_cranfield
 from training.data.trec import write_run
@@ -56,9 +55,7 @@ from training.downstream.tasks import (
     Example,
     IdSource,
     choose_cold_documents,
-    history_input,
     load_id_source,
-    recommendation_examples,
     retrieval_examples,
 )
 from training.encoder import load_tokenizer, resolve_encoder_path
@@ -72,9 +69,9 @@ from trie import SemanticIdTrie
 
 logger = logging.getLogger(__name__)
 
-RECOMMENDATION_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 RETRIEVAL_METRICS = ("ndcg@10", "recall@10", "mrr@10")
 FINETUNE_RECORD = "finetune.json"
+RETIRED_SETTINGS = frozenset({"max_history", "train_examples"})  # of the history-text recommender (issue 17)
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,7 @@ class EvalSet:
 class Task:
     """The data side of a downstream task (see the module docstring)."""
 
-    kind: Literal["retrieval", "recommendation"]
+    kind: Literal["retrieval"]
     name: str
     documents: list[Document]
     eval_sets: dict[str, EvalSet]
@@ -98,48 +95,23 @@ class Task:
     train_queries: dict[str, str] = field(default_factory=dict)
     train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
-    # recommendation: (history asins oldest first, target asin) training pairs
-    train_pairs: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """The task's reported metrics."""
-        return RECOMMENDATION_METRICS if self.kind == "recommendation" else RETRIEVAL_METRICS
+        return RETRIEVAL_METRICS
 
     def examples(self, id_of: Mapping[str, tuple[int, ...]], cold: set[str], config: FinetuneConfig) -> list[Example]:
         """Training pairs (cold documents excluded), subsampled to config.max_train_examples."""
         texts = {d.doc_id: d.text for d in self.documents}
-        if self.kind == "recommendation":
-            examples = recommendation_examples(self.train_pairs, texts, id_of, config.max_history, cold)
-        else:
-            doc_as_query = {"on": True, "off": False}.get(config.doc_as_query,
-                                                         len(self.train_queries) < len(self.documents))
-            examples = retrieval_examples(self.train_queries, self.train_qrels, texts, id_of, doc_as_query,
-                                          titles=self.titles, cold=cold, span_queries=config.doc_span_queries,
-                                          span_words=config.doc_span_words, seed=config.seed)
+        doc_as_query = {"on": True, "off": False}.get(config.doc_as_query,
+                                                     len(self.train_queries) < len(self.documents))
+        examples = retrieval_examples(self.train_queries, self.train_qrels, texts, id_of, doc_as_query,
+                                      titles=self.titles, cold=cold, span_queries=config.doc_span_queries,
+                                      span_words=config.doc_span_words, seed=config.seed)
         if config.max_train_examples and len(examples) > config.max_train_examples:
             examples = random.Random(config.seed).sample(examples, config.max_train_examples)
         return examples
-
-
-def beauty_task(dataset: Any = None, max_history: int = 20, train_examples: str = "prefix",
-                seed: int = 2023) -> Task:
-    """Amazon Beauty (or any AmazonDataset) as a recommendation task: P5 leave-one-out."""
-    settings = build_config(AmazonSettings, {"max_history": max_history, "train_examples": train_examples,
-                                             "seed": seed})
-    dataset = dataset or load_amazon(settings)
-    documents = items_as_documents(dataset)
-    texts = {d.doc_id: d.text for d in documents}
-    splits = leave_one_out(dataset, settings)
-
-    def eval_set(examples: Sequence[Any]) -> EvalSet:
-        return EvalSet(query_ids=[e.user_id for e in examples],
-                       texts=[history_input([texts[a] for a in e.history], max_history) for e in examples],
-                       qrels={e.user_id: {e.target: 1} for e in examples})
-
-    return Task(kind="recommendation", name="beauty", documents=documents,
-                eval_sets={"valid": eval_set(splits.valid), "test": eval_set(splits.test)},
-                train_pairs=[(e.history, e.target) for e in splits.train])
 
 
 def cranfield_task(directory: str | Path) -> Task:
@@ -164,23 +136,18 @@ def cranfield_task(directory: str | Path) -> Task:
 
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-DATASETS = ("beauty", "cranfield")
+DATASETS = ("cranfield",)
 
 
 def load_task(name: str, data_dir: str | Path | None = None, config: FinetuneConfig | None = None) -> Task:
-    """A task by dataset name: "beauty" (recommendation, P5 leave-one-out; `data_dir` holds
-    items.jsonl.gz and user_sequence.txt.gz) or "cranfield" (retrieval; `data_dir` holds the SMART files).
-    Defaults: the vendored copies under data/."""
-    config = config or FinetuneConfig()
-    if name == "beauty":
-        dataset = None
-        if data_dir is not None:
-            directory = Path(data_dir)
-            dataset = load_amazon(build_config(AmazonSettings, {
-                "items_path": directory / "items.jsonl.gz", "sequences_path": directory / "user_sequence.txt.gz"}))
-        return beauty_task(dataset, max_history=config.max_history, train_examples=config.train_examples)
+    """A task by dataset name: "cranfield" (retrieval; `data_dir` holds the SMART files, default the
+    vendored copy under data/). Beauty recommendation is the item-token recommender
+    (`lmindexer finetune --task recommendation`, `training.recommendation`)."""
     if name == "cranfield":
         return cranfield_task(Path(data_dir) if data_dir is not None else DATA_DIR / "cranfield")
+    if name == "beauty":
+        raise ConfigError("Beauty recommendation is the item-token recommender: lmindexer finetune --task "
+                          "recommendation (the history-text recommender fine-tuned with --dataset beauty is gone)")
     raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
@@ -220,7 +187,9 @@ def load_finetuned(out_dir: Path) -> tuple[dict[str, Any], FinetuneConfig, Any]:
     if not path.is_file():
         raise ConfigError(f"{out_dir} is not a finetune output (no {FINETUNE_RECORD})")
     record = json.loads(path.read_text(encoding="utf-8"))
-    config = build_config(FinetuneConfig, record["config"], source=str(path))
+    # records written before issue 17 also hold the removed history-text recommender's settings
+    settings = {k: v for k, v in record["config"].items() if k not in RETIRED_SETTINGS}
+    config = build_config(FinetuneConfig, settings, source=str(path))
     network = SemanticIdNetwork.load(out_dir / "network").eval()
     return record, config, network
 

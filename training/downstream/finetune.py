@@ -70,9 +70,6 @@ class FinetuneConfig:
                 "pseudo-queries (NCI's DocAsQuery), drawn once from the seed. 0 = none."})
     doc_span_words: int = field(default=16, metadata={
         "help": "Words in a span pseudo-query: between half this and this many."})
-    max_history: int = field(default=20, metadata={"help": "Recommendation: items of history in the input."})
-    train_examples: Literal["prefix", "official"] = field(default="prefix", metadata={
-        "help": "Recommendation training pairs: every prefix, or the official code's random windows."})
     max_train_examples: int = field(default=0, metadata={
         "help": "Use at most this many training pairs (seeded sample; 0 = all). For reduced CPU presets."})
     cold_start_fraction: float = field(default=0.05, metadata={

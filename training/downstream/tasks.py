@@ -9,9 +9,8 @@ codebook sizes, corpus path) and, for the lmindexer method, the indexer network 
   catalogue (no queries) the title is a second, shorter query for the item. Optionally, random
   word spans of each document stand in for the queries nobody wrote (NCI's "DocAsQuery"; the
   document-as-query pair alone shows only the first `max_input_length` tokens of a document).
-- recommendation: P5 leave-one-out (`training.data.amazon.leave_one_out`): the input is the text
-  of the user's last `max_history` items, most recent first, joined by ". "; the target is the
-  next item's ID.
+
+Recommendation is the item-token recommender's (`training.recommendation`), not a task here.
 
 Cold start: a `cold` set of doc_ids is excluded from every training example (as target and as
 document-as-query) and indexed after fine-tuning (`training.downstream.cold_start`).
@@ -22,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,34 +165,6 @@ def document_spans(text: str, count: int, max_words: int, rng: random.Random) ->
         if len(spans) == count:
             break
     return spans
-
-
-HISTORY_SEPARATOR = ". "
-"""Joins a history's item texts in the history-text recommender's input (fine-tuning only; not served)."""
-
-
-def history_input(history_texts: Sequence[str], max_history: int, separator: str = HISTORY_SEPARATOR) -> str:
-    """The recommendation input: the last `max_history` item texts (given oldest first), most recent
-    first, joined by `separator` (all of them when `max_history` is 0)."""
-    kept = list(history_texts[-max_history:]) if max_history > 0 else list(history_texts)
-    return separator.join(reversed(kept))
-
-
-def recommendation_examples(
-    pairs: Iterable[tuple[Sequence[str], str]],
-    item_texts: Mapping[str, str],
-    id_of: Mapping[str, tuple[int, ...]],
-    max_history: int,
-    cold: Collection[str] = (),
-) -> list[Example]:
-    """Training pairs for recommendation from (history asins oldest first, target asin) pairs."""
-    examples = []
-    for history, target in pairs:
-        if target in cold or target not in id_of or not history:
-            continue
-        text = history_input([item_texts[a] for a in history], max_history)
-        examples.append(Example(text, target, id_of[target]))
-    return examples
 
 
 def id_matrix(examples: Sequence[Example]) -> np.ndarray:
