@@ -18,8 +18,10 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LMINDEXER_"
-# Read by other commands of the project (lmindexer/cli.py), not by the service settings.
-_SHARED_ENV_KEYS = frozenset({"LMINDEXER_LOG_LEVEL"})
+# Read by other commands of the project, not by the service settings: the log level (lmindexer/cli.py) and
+# training's embedding/encoder-state cache (training/indexing/embedding_cache.py; `make run` builds and then
+# serves in one environment, so a user who sets it for the build should not be told it is a typo).
+_SHARED_ENV_KEYS = frozenset({"LMINDEXER_LOG_LEVEL", "LMINDEXER_CACHE_DIR"})
 
 
 class ExecutionProvider(StrEnum):

@@ -45,6 +45,7 @@ def test_settings_reject_out_of_range_values(monkeypatch: pytest.MonkeyPatch, tm
 
 def test_unknown_environment_keys_names_typos_only() -> None:
     environ = {"LMINDEXER_REDIS_ULR": "x", "LMINDEXER_REDIS_URL": "y", "LMINDEXER_LOG_LEVEL": "INFO",
+               "LMINDEXER_CACHE_DIR": "/tmp/cache",
                "PATH": "/bin"}
     assert unknown_environment_keys(environ) == ["LMINDEXER_REDIS_ULR"]
 
