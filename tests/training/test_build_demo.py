@@ -99,6 +99,10 @@ def test_build_demo_writes_a_working_bundle(tmp_path: Path, capsys) -> None:
     assert set(evaluation["test"]["hybrid"]) == {"all", "warm", "cold"} and "dense" in evaluation["test"]
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # the work directory removed, no held-out file
     assert set(manifest.training_config["wall_seconds"]) == set(STAGES)
+    figures = manifest.training_config["ids"]["figures"]  # the IDs' quality figures travel with the bundle
+    collisions = figures["collisions"]
+    assert 0.0 <= collisions["collision_rate"] <= 1.0 and collisions["largest_collision_group"] >= 1
+    assert len(figures["levels"]) == manifest.semantic_ids.num_levels
     assert manifest.training_config["build"]["stages"] == dict.fromkeys(STAGES, "run")
 
 

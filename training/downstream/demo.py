@@ -490,7 +490,7 @@ class DemoBuild:
             "demo": config_to_dict(c),
             "catalogue": summary,
             "ids": {"method": ids_record["method"], "preset": ids_record["preset"], "config": ids_record["config"],
-                    "num_documents": ids_record["num_documents"]},
+                    "num_documents": ids_record["num_documents"], "figures": _id_figures(self.ids_dir)},
             "indexer": indexer_note,
             "retriever": config_to_dict(retriever_cfg),
             "recommender": config_to_dict(self.recommender_settings),
@@ -508,6 +508,20 @@ class DemoBuild:
                         target)
         elif target.exists():
             target.unlink()  # a previous build's held-out items are in this bundle
+
+
+def _id_figures(ids_dir: Path) -> dict[str, Any]:
+    """The learned IDs' quality figures for the manifest (learn-ids' metrics.json): first-level AMI against the
+    category labels, the collision figures, per level the codes used, perplexity and AMI, and the saved network's
+    agreement with the written IDs (LMIndexer)."""
+    metrics = json.loads((ids_dir / "metrics.json").read_text(encoding="utf-8"))
+    levels = metrics.get("levels") or []
+    method = metrics.get("method") or {}
+    keep = ("level", "codebook_size", "codes_used", "perplexity", "prefixes", "ami")
+    return {"ami_first_level": levels[0].get("ami") if levels else None,
+            "collisions": {k: v for k, v in (metrics.get("collisions") or {}).items() if k != "group_size_histogram"},
+            "levels": [{k: level.get(k) for k in keep} for level in levels],
+            "final_network_agreement": method.get("final_network_agreement") if isinstance(method, dict) else None}
 
 
 def build_demo(out_dir: Path, config: DemoConfig, overwrite: bool = False, keep_work: bool = False,
