@@ -41,6 +41,8 @@ def main() -> None:
                         help="Reuse IDs from DIR/ids-<method>/ where present (learn-ids outputs).")
     parser.add_argument("--ids-preset", default="paper,lmindexer=cpu-encoder",
                         help="learn-ids preset for IDs that are learnt here: a default and per-method exceptions.")
+    parser.add_argument("--ids-set", dest="ids_overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="learn-ids setting over one method's preset, e.g. --ids-set lmindexer:num_threads=1")
     parser.add_argument("--preset", default="cpu", help="Recommender preset (training/configs/recommender-*.toml).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Recommender setting overrides, e.g. --set max_epochs=10")
@@ -57,7 +59,7 @@ def main() -> None:
     from training.config import build_config, load_config, preset_path
     from training.data.amazon import BEAUTY_ITEMS, BEAUTY_SEQUENCES, items_as_documents
     from training.data.corpus import write_corpus_jsonl
-    from training.downstream.experiment import ids_presets_for
+    from training.downstream.experiment import ids_overrides_for, ids_presets_for
     from training.indexing.learning import learn_ids
     from training.recommendation.data import load_dataset
     from training.recommendation.run import RECORD_FILE, evaluate_model, fit
@@ -71,6 +73,7 @@ def main() -> None:
     methods = [m.strip() for m in args.ids_methods.split(",") if m.strip()]
     # every ID kind may take an exception in --ids-preset, whether or not this run learns it
     presets = ids_presets_for(args.ids_preset, sorted({*methods, "lmindexer", "rqvae", "hc"}))
+    ids_overrides = ids_overrides_for(args.ids_overrides, methods)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(items, sequences)
@@ -86,7 +89,8 @@ def main() -> None:
             if not corpus.is_file():
                 write_corpus_jsonl(corpus, items_as_documents(dataset))
             t0 = time.perf_counter()
-            learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=presets[method], overwrite=True)
+            learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=presets[method],
+                      overrides=ids_overrides.get(method, ()), overwrite=True)
             learn_seconds = round(time.perf_counter() - t0, 1)
         model_dir = work / f"recommender-{method}"
         if not (model_dir / RECORD_FILE).is_file():  # written once training has finished: a re-run reuses it

@@ -35,8 +35,10 @@ from bundle.recommendation import (
     mean_pooled,
     near_tie_agreement,
     rankings_agree,
+    read_item_id_offsets,
     read_item_vectors,
     recommend,
+    recommender_item_vectors,
 )
 from bundle.retrieval import (
     DenseIndex,
@@ -94,8 +96,10 @@ __all__ = [
     "rank_candidates",
     "rankings_agree",
     "read_documents",
+    "read_item_id_offsets",
     "read_item_vectors",
     "recommend",
+    "recommender_item_vectors",
     "search_candidates",
     "write_documents",
     "write_manifest",

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal, Union
 
 from bundle.errors import BundleError
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: the recommender's item_id_offsets
 MODEL_ROLES = ("indexer", "retriever", "recommender")
 
 
@@ -232,6 +232,11 @@ class ItemTokenRecommenderEntry:
     ``beam_size``); the dense head scores candidate items. ``default_mode``: the ranking better on
     validation NDCG@10; ``hybrid_weight``: w of the hybrid rule (``bundle.recommendation.fuse``),
     chosen on validation; ``exclude_history``: drop the history's own items (the default of /recommend).
+    ``item_id_offsets``: a recommender trained with item ID embeddings (SASRec's per-item embedding,
+    ``training.recommendation`` setting ``item_id_embedding``) carries them moved into the text vectors' space,
+    a (N, D) float32 ``.npy`` whose row i is added to the item vector of trie row i before the graphs read it
+    (``bundle.recommendation.recommender_item_vectors``); rows of documents added later add nothing. None: no
+    item ID embeddings.
     """
 
     KIND: ClassVar[str] = "item_token_recommender"
@@ -246,6 +251,7 @@ class ItemTokenRecommenderEntry:
     default_mode: Literal["generative", "hybrid"]
     hybrid_weight: float
     exclude_history: bool
+    item_id_offsets: str | None
     parity: RecommenderParity | None  # None only for bundles not made by the export (test bundles)
     evaluation: Mapping[str, Any]
 
@@ -257,7 +263,8 @@ class ItemTokenRecommenderEntry:
 
     def files(self) -> tuple[str, ...]:
         """Every file of the entry, relative to the bundle."""
-        return (self.sequence_model, self.decoder_step, self.dense_head)
+        offsets = (self.item_id_offsets,) if self.item_id_offsets is not None else ()
+        return (self.sequence_model, self.decoder_step, self.dense_head, *offsets)
 
 
 ModelEntry = Union[TextModelEntry, ItemTokenRecommenderEntry]  # noqa: UP007 (a runtime alias _value matches on)

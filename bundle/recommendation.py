@@ -342,6 +342,42 @@ def read_item_vectors(bundle: Bundle) -> np.ndarray:
     return vectors.astype(np.float32)
 
 
+def read_item_id_offsets(bundle: Bundle) -> np.ndarray | None:
+    """The recommender's item ID offsets (N, D) float32 (manifest ``models.recommender.item_id_offsets``; row i
+    belongs to trie row i), or None when its entry has none; BundleError for a file of another shape."""
+    entry = bundle.manifest.models.get("recommender")
+    if not isinstance(entry, ItemTokenRecommenderEntry) or entry.item_id_offsets is None:
+        return None
+    path = bundle.path(entry.item_id_offsets)
+    try:
+        offsets = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: cannot read the item ID offsets ({exc})") from None
+    spec = bundle.manifest.item_vectors
+    expected = (bundle.manifest.num_documents, spec.dim if spec is not None else -1)
+    if offsets.shape != expected or offsets.dtype != np.float32:
+        raise BundleError(f"{path}: {offsets.dtype} {offsets.shape}, expected float32 {expected}")
+    return offsets
+
+
+def recommender_item_vectors(item_vectors: Callable[[np.ndarray], np.ndarray], offsets: np.ndarray | None
+                             ) -> Callable[[np.ndarray], np.ndarray]:
+    """What the recommender's graphs read for trie rows: rows (n,) int64 -> (n, D) float32, the item vectors
+    plus the item ID offsets of the rows that have one (rows < len(offsets): the items the recommender was
+    trained with; a document added later has its text vector alone, as a cold item had in training)."""
+    if offsets is None:
+        return item_vectors
+
+    def vectors(rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.array(item_vectors(rows), dtype=np.float32)  # a copy: the offsets are added in place
+        known = rows < len(offsets)
+        out[known] += offsets[rows[known]]
+        return out
+
+    return vectors
+
+
 def mean_pooled(states: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
     """Text vectors from encoder states (B, S, d) and mask (B, S): mean over the real tokens, then
     L2-normalised (training's text vectors: training.recommendation.items.text_vectors) -> (B, d) float32."""

@@ -23,6 +23,7 @@ from bundle import (
     TextTokenizer,
     TextVectorRunner,
     choose_providers,
+    read_item_id_offsets,
     read_item_vectors,
 )
 from service.cache import CachedDocuments, CachedRanker, ResultCache
@@ -153,10 +154,11 @@ class Components:
                 intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
             exclude = (recommender_entry.exclude_history if settings.recommend_exclude_history is None
                        else settings.recommend_exclude_history)
+            offsets = await asyncio.to_thread(read_item_id_offsets, bundle)
             recommendations = RecommendationRanker(
                 runner, recommender_entry, index, metrics, exclude_history=exclude,
                 batch_max_size=settings.batch_max_size, batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
-                queue_max_depth=settings.queue_max_depth)
+                queue_max_depth=settings.queue_max_depth, item_id_offsets=offsets)
         # Warm up: the first onnxruntime run of a session allocates; keep that out of request latency.
         for name in searchers:
             await asyncio.to_thread(ranker.rank_now, name, [("warm up", 1)])

@@ -2,9 +2,11 @@
 
 A history is a list of items, each its text vector and semantic ID: for a doc_id, the vector stored
 with it (the bundle's item vectors, or the one computed when it was added through
-/index-documents) and its ID in the live index; for a text of ``history_texts``, the vector of the
-indexer's encoder, mean-pooled as training's text vectors were, and the ID a new document with that
-text would get (greedy codes, then the next free counter; it is not stored). The ranking itself is
+/index-documents), plus the item's ID offset when the recommender was trained with item ID embeddings
+(bundle items only: ``bundle.recommendation.recommender_item_vectors``), and its ID in the live index;
+for a text of ``history_texts``, the vector of the indexer's encoder, mean-pooled as training's text
+vectors were, and the ID a new document with that text would get (greedy codes, then the next free
+counter; it is not stored). The ranking itself is
 ``bundle.recommendation.recommend``, the function the export's parity check ranked with, over the
 live trie: items added after the export are reachable by the ID decoder and scored by the dense head.
 
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bundle import History, ItemTokenRecommenderEntry, RecommenderRunner, recommend
+from bundle import History, ItemTokenRecommenderEntry, RecommenderRunner, recommend, recommender_item_vectors
 from service.batching import MicroBatcher
 from service.engine import Ranking, RecommendQuery, ranked_hits
 from service.index import LiveIndex
@@ -33,8 +35,10 @@ class RecommendationRanker:
 
     def __init__(self, runner: RecommenderRunner, entry: ItemTokenRecommenderEntry, index: LiveIndex,
                  metrics: Metrics, *, exclude_history: bool, batch_max_size: int, batch_max_wait_s: float,
-                 queue_max_depth: int) -> None:
+                 queue_max_depth: int, item_id_offsets: np.ndarray | None = None) -> None:
+        """item_id_offsets: (N, D) float32 of the bundle's N items, or None (manifest ``item_id_offsets``)."""
         self._runner = runner
+        self._offsets = item_id_offsets
         self.entry = entry
         self._index = index
         self._metrics = metrics
@@ -64,8 +68,9 @@ class RecommendationRanker:
             groups.setdefault((query.mode, max(self.entry.beam_size, query.k)), []).append(i)
         for (mode, beam_size), members in groups.items():
             started = time.perf_counter()
-            result = recommend(self._runner, [queries[i].history for i in members], snapshot.trie,
-                               snapshot.vectors_of, mode=mode, top_k=max(queries[i].k for i in members),
+            vectors = recommender_item_vectors(snapshot.vectors_of, self._offsets)
+            result = recommend(self._runner, [queries[i].history for i in members], snapshot.trie, vectors,
+                               mode=mode, top_k=max(queries[i].k for i in members),
                                beam_size=beam_size, hybrid_weight=self.entry.hybrid_weight,
                                exclude_history=self.exclude_history)
             self._metrics.beam_search_seconds.labels(model=MODEL).observe(time.perf_counter() - started)
@@ -84,5 +89,5 @@ class RecommendationRanker:
         recent = rows_array[-self.entry.max_history:]
         assert snapshot.bundle_vectors is not None  # a bundle with a recommender has item vectors
         vectors = np.zeros((len(rows_array), snapshot.bundle_vectors.shape[1]), dtype=np.float32)
-        vectors[len(rows_array) - len(recent):] = snapshot.vectors_of(recent)
+        vectors[len(rows_array) - len(recent):] = recommender_item_vectors(snapshot.vectors_of, self._offsets)(recent)
         return History(vectors, snapshot.trie.semantic_ids_of(rows_array))

@@ -26,7 +26,7 @@ RECOMMENDER = ItemTokenRecommenderEntry(
     kind="item_token_recommender", sequence_model="recommender/sequence_model.onnx",
     decoder_step="recommender/decoder_step.onnx", dense_head="recommender/dense_head.onnx",
     hidden_size=16, max_history=20, beam_size=20, default_mode="hybrid", hybrid_weight=0.3, exclude_history=True,
-    parity=None, evaluation={})
+    item_id_offsets=None, parity=None, evaluation={})
 ITEM_VECTORS = TextVectorSpec(file="vectors/item_vectors.npy", dim=32, encoder="indexer network", max_input_length=48,
                               pooling="mean", normalized=True, source="indexer", text_encoder_file=None,
                               tokenizer_file=None, checked_items=0, max_abs_diff=0.0)
@@ -92,7 +92,7 @@ def test_an_unknown_key_is_refused_by_name(manifest: BundleManifest, path: tuple
         BundleManifest.from_json(json.dumps(raw))
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 5, "4", None])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 6, "5", None])
 def test_another_format_version_is_refused_naming_both(manifest: BundleManifest, version: object) -> None:
     raw = _raw(manifest)
     raw["format_version"] = version

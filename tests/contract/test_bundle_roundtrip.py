@@ -30,7 +30,9 @@ from bundle import (
     RecommenderRunner,
     SearchSettings,
     hybrid_search,
+    read_item_id_offsets,
     read_item_vectors,
+    recommender_item_vectors,
 )
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -93,8 +95,10 @@ def exported(tmp_path_factory) -> tuple[Path, dict]:
     models = {name: BundleModel(network, texts[:30], LENGTHS[name], search=SEARCH if name == "retriever" else None)
               for name, network in networks.items()}
     torch.manual_seed(4)
-    settings = RecommenderSettings(d_model=16, num_heads=2, num_layers=1, max_history=MAX_HISTORY, dropout=0.0)
-    networks["recommender"] = Recommender(32, (16, 16, 4), settings).eval()
+    # with item ID embeddings: the export moves them into the text space (item_id_offsets), the service adds them
+    settings = RecommenderSettings(d_model=16, num_heads=2, num_layers=1, max_history=MAX_HISTORY, dropout=0.0,
+                                   item_id_embedding=True)
+    networks["recommender"] = Recommender(32, (16, 16, 4), settings, num_items=len(documents)).eval()
     recommender = RecommenderModel(
         model=networks["recommender"], vectors=item_vectors(networks["indexer"], texts),
         parity_histories=[np.asarray(h) for h in HISTORIES], beam_size=20, default_mode="hybrid", hybrid_weight=0.4,
@@ -130,7 +134,7 @@ def _parity_decode(bundle: Bundle, networks: dict[str, SemanticIdNetwork], name:
 def test_the_manifest_records_every_model_and_its_input_settings(exported) -> None:
     bundle = Bundle.open(exported[0])
     manifest = bundle.manifest
-    assert manifest.format_version == 4 and manifest.codebook_sizes == (16, 16, 4)
+    assert manifest.format_version == 5 and manifest.codebook_sizes == (16, 16, 4)
     text_models = {name: entry for name, entry in manifest.models.items() if name != "recommender"}
     assert {name: entry.max_input_length for name, entry in text_models.items()} == LENGTHS
     recommender = manifest.models["recommender"]
@@ -141,6 +145,7 @@ def test_the_manifest_records_every_model_and_its_input_settings(exported) -> No
     assert manifest.item_vectors is not None and manifest.item_vectors.source == "indexer"
     assert manifest.item_vectors.max_abs_diff <= 1e-3 and manifest.item_vectors.max_input_length == LENGTHS["indexer"]
     assert read_item_vectors(bundle).shape == (60, 32)
+    assert recommender.item_id_offsets is not None and read_item_id_offsets(bundle).shape == (60, 32)
     assert manifest.models["retriever"].search == SEARCH and manifest.models["indexer"].search is None
     for entry in text_models.values():
         assert entry.kind == "text_to_id" and entry.beam_size == 20 and entry.pooling == "cross_attention"
@@ -249,11 +254,19 @@ def test_recommend_answers_what_the_parity_check_decoded(exported, client, mode)
     bundle = Bundle.open(bundle_dir)
     entry = bundle.manifest.models["recommender"]
     table = bundle.documents()
-    vectors = read_item_vectors(bundle)
+    plain = read_item_vectors(bundle)
+    vectors = recommender_item_vectors(lambda rows: plain[rows], read_item_id_offsets(bundle))  # as the service
     trie = SemanticIdTrie.load(bundle.trie_path)
-    histories = [History(vectors[h], table.semantic_ids[h]) for h in HISTORIES]
+    histories = [History(vectors(np.asarray(h)), table.semantic_ids[h]) for h in HISTORIES]
+    # the offsets are the model's own item embeddings: text vector + offset gives the token with the embedding
+    model = networks["recommender"]
+    rows = torch.arange(1, 61)
+    with torch.no_grad():
+        want = model.item_tokens(torch.from_numpy(plain), torch.zeros(60, 3, dtype=torch.long), rows)
+        got = model.item_tokens(torch.from_numpy(vectors(np.arange(60))), torch.zeros(60, 3, dtype=torch.long))
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, want - model.item_embedding(rows))
     figures, decoded = recommender_export.check_parity(
-        networks["recommender"], RecommenderRunner.for_bundle(bundle), histories, trie, lambda rows: vectors[rows],
+        networks["recommender"], RecommenderRunner.for_bundle(bundle), histories, trie, vectors,
         tolerance=1e-4, beam_size=entry.beam_size, hybrid_weight=entry.hybrid_weight, exclude_history=True)
     assert figures.top_k_identical and figures.max_abs_diff <= 1e-4
     ranking = decoded[mode or entry.default_mode]

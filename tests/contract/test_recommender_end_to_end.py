@@ -1,6 +1,7 @@
 """The item-token recommender end to end on a tiny P5 dataset: `lmindexer finetune --task recommendation`,
 `lmindexer export --recommender`, the service's /recommend, and an item added after the export read in
-histories and recommended at once."""
+histories and recommended at once; with and without item ID embeddings (moved into the text vectors' space
+at export, `item_id_offsets`, and added by the service to the bundle's items only)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from bundle import Bundle, read_item_vectors
+from bundle import Bundle, read_item_id_offsets, read_item_vectors
 from lmindexer.cli import main
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -18,14 +19,14 @@ from tests.tiny_p5 import write_tiny_p5
 from training.indexing.network import NetworkConfig, SemanticIdNetwork
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=[False, True], ids=["text-and-codes", "item-id-embedding"])
+def bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("p5")
     items, sequences, ids_dir = write_tiny_p5(root, codebook_sizes=(5, 5))
     model = root / "model"
     assert main(["finetune", "--task", "recommendation", "--items", str(items), "--sequences", str(sequences),
                  "--ids", str(ids_dir), "--preset", "tiny", "--set", "max_epochs=6", "--out", str(model),
-                 "--no-progress"]) == 0
+                 "--set", f"item_id_embedding={str(request.param).lower()}", "--no-progress"]) == 0
     # HC IDs have no indexer network: an (untrained) ID decoder over the encoder that made the vectors
     # maps new documents to codes; its encoder, mean-pooled, gives the vectors training read.
     indexer = root / "indexer"
@@ -54,6 +55,12 @@ def test_the_export_records_the_recommender_and_its_checks(bundle_dir: Path) -> 
     assert vectors is not None and vectors.source == "indexer" and vectors.max_abs_diff <= 1e-3
     assert entry.default_mode in ("generative", "hybrid") and "valid" in entry.evaluation
     assert read_item_vectors(bundle).shape == (20, 384)
+    offsets = read_item_id_offsets(bundle)
+    if entry.item_id_offsets is None:
+        assert offsets is None
+    else:  # the trained items' embeddings; the cold item (never seen in training) has none
+        assert offsets is not None and offsets.shape == (20, 384)
+        assert (np.abs(offsets).max(axis=1) > 0).sum() >= 18
     table = bundle.documents()
     assert "product number" not in table.texts[7] and "brand3" in table.texts[7]  # the item without a title
 

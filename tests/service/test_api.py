@@ -213,7 +213,7 @@ def test_ops_endpoints(client: TestClient) -> None:
     assert ready.status_code == 200 and ready.json()["store_writable"] is True
     assert ready.json()["redis"] == "not configured"
     info = client.get("/info").json()
-    assert info["manifest"]["format_version"] == 4 and info["num_documents"] >= 300
+    assert info["manifest"]["format_version"] == 5 and info["num_documents"] >= 300
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in ("lmindexer_requests_total", "lmindexer_request_duration_seconds", "lmindexer_queue_wait_seconds",

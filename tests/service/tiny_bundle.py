@@ -168,7 +168,7 @@ def untrained_recommender(out_dir: Path, vectors: np.ndarray, codebook_sizes: li
         decoder_step=f"recommender/{files['decoder_step']}", dense_head=f"recommender/{files['dense_head']}",
         hidden_size=d_model, max_history=max_history, beam_size=20,
         default_mode=default_mode, hybrid_weight=hybrid_weight,  # type: ignore[arg-type]
-        exclude_history=True, parity=None, evaluation={})
+        exclude_history=True, item_id_offsets=None, parity=None, evaluation={})
 
 
 UNTRAINED_SEARCH = SearchSettings(default_mode="generative", hybrid_weight=0.5, dense_candidates=100, chosen_on=None)

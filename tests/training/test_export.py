@@ -12,7 +12,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 import training.downstream.export as export_module
-from bundle import Bundle, OnnxRunner, SearchSettings, read_item_vectors
+from bundle import FORMAT_VERSION, Bundle, OnnxRunner, SearchSettings, read_item_vectors
 from training.data.amazon import items_as_documents, load_amazon
 from training.downstream.cold_start import greedy_codes
 from training.downstream.export import BundleModel, ParityError, export_bundle
@@ -58,7 +58,7 @@ def test_export_writes_the_bundle_of_the_contract(tmp_path: Path, corpus) -> Non
                                                     "tokenizer.json", "trie.bin", "vectors"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
-    assert manifest["format_version"] == 4
+    assert manifest["format_version"] == FORMAT_VERSION == 5
     assert manifest["semantic_ids"] == {"num_levels": 2, "codebook_size_per_level": [8, 8], "counter_size": 4}
     entries = {name: dict(entry) for name, entry in manifest["models"].items()}
     agreement = entries["indexer"]["int8_encoder"]["agreement"]

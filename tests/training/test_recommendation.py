@@ -200,6 +200,43 @@ def test_the_loss_learns_a_deterministic_next_item_rule(negatives, one_thread):
     assert (ranks_for(scored, "dense") == 1).mean() >= 6 / 7
 
 
+def test_item_id_embedding_is_absent_for_cold_items_dropped_in_training_and_folds_into_text_vectors():
+    torch.manual_seed(3)
+    catalogue = _catalogue(text_dim=32)  # the fold into text vectors needs D >= d_model (16)
+    settings = _settings(item_id_embedding=True, item_id_dropout=0.5)
+    with pytest.raises(ValueError, match="num_items"):
+        Recommender(catalogue.text_dim, catalogue.codebook_sizes, settings)
+    model = Recommender(catalogue.text_dim, catalogue.codebook_sizes, settings, catalogue.num_items).eval()
+    cold = np.zeros(catalogue.num_items + 1, dtype=bool)
+    cold[[2, 7]] = True
+    tables = CatalogueTensors(catalogue, cold)
+    assert tables.items.tolist() == [0, 1, 0, 3, 4, 5, 6, 0, 8, 9, 10, 11, 12]
+    with torch.no_grad():
+        tokens = tables.tokens(model)  # (N + 1, d)
+        plain = model.item_tokens(tables.vectors, tables.codes)  # no item input: text and codes alone
+        # a cold item's token is its text vector and codes alone; a warm one's carries its own embedding
+        assert torch.equal(tokens[[2, 7]], plain[[2, 7]])
+        assert torch.allclose(tokens[1:] - plain[1:], model.item_embedding.weight[tables.items[1:]])
+        assert (tokens[[1, 3]] - plain[[1, 3]]).abs().max() > 1e-3
+        # the embedding moved into the text space gives the same tokens with no item input (the export's way)
+        offsets = model.item_id_offsets()  # (N + 1, D)
+        folded = model.item_tokens(tables.vectors + offsets[tables.items], tables.codes)
+        assert torch.allclose(folded, tokens, atol=1e-5)
+    narrow = Recommender(8, catalogue.codebook_sizes, settings, catalogue.num_items)
+    with pytest.raises(ValueError, match="d_model must be <="):
+        narrow.item_id_offsets()
+    # training mode: about item_id_dropout of the tokens leave their embedding out, seeded by torch's RNG
+    model.train()
+    items = torch.arange(1, 13).repeat(200)
+    vectors, codes = tables.vectors[items], tables.codes[items]
+    with torch.no_grad():
+        dropped = torch.isclose(model.item_tokens(vectors, codes, items), model.item_tokens(vectors, codes),
+                                atol=1e-7).all(-1)
+    assert 0.45 < dropped.float().mean().item() < 0.55
+    with pytest.raises(ConfigError, match="item_id_dropout"):
+        RecommenderSettings(item_id_dropout=1.0)
+
+
 # ------------------------------------------------------------------------------- end to end, tiny P5
 
 

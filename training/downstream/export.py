@@ -85,6 +85,7 @@ from bundle import (
     grouped_step_fn,
     mean_pooled,
     near_tie_agreement,
+    recommender_item_vectors,
     write_documents,
     write_manifest,
 )
@@ -580,13 +581,24 @@ def export_recommender(stage: Path, recommender: RecommenderModel, trie: Semanti
     directory = stage / "recommender"
     vectors = np.ascontiguousarray(recommender.vectors, dtype=np.float32)  # (N, D)
     files = recommender_export.export_onnx(model, directory, int(vectors.shape[1]))
+    offsets_file, offsets = None, None
+    moved = recommender_export.item_id_offsets(model, len(vectors))  # item ID embeddings as (N, D) text offsets
+    if moved is not None:
+        offsets, error = moved
+        if error > tolerance:
+            raise ParityError(f"the recommender's item ID embeddings do not move into the text vectors' space: max "
+                              f"|diff| {error:.2e} (tolerance {tolerance:.0e}); no bundle written")
+        offsets_file = "recommender/item_id_offsets.npy"
+        np.save(stage / offsets_file, offsets)
+    graph_vectors = recommender_item_vectors(lambda rows: vectors[rows], offsets)  # what the service reads
     runner = RecommenderRunner(directory / files["sequence_model"], directory / files["decoder_step"],
                                directory / files["dense_head"], trie.codebook_sizes, model.max_history,
                                intra_op_threads=2)
-    histories = [History(vectors[rows], trie.semantic_ids_of(np.asarray(rows, dtype=np.int64)))
+    histories = [History(graph_vectors(np.asarray(rows, dtype=np.int64)),
+                         trie.semantic_ids_of(np.asarray(rows, dtype=np.int64)))
                  for rows in recommender.parity_histories]
     figures, _ = recommender_export.check_parity(
-        model, runner, histories, trie, lambda rows: vectors[rows], tolerance=tolerance,
+        model, runner, histories, trie, graph_vectors, tolerance=tolerance,
         beam_size=recommender.beam_size, hybrid_weight=recommender.hybrid_weight,
         exclude_history=recommender.exclude_history)
     logger.info("recommender parity: max |diff| %.2e, top-10 agree %s (%d near-tie swaps, %d mismatches) on %d "
@@ -602,7 +614,7 @@ def export_recommender(stage: Path, recommender: RecommenderModel, trie: Semanti
         hidden_size=int(model.settings.d_model), max_history=int(model.max_history),
         beam_size=int(recommender.beam_size), default_mode=recommender.default_mode,  # type: ignore[arg-type]
         hybrid_weight=float(recommender.hybrid_weight), exclude_history=bool(recommender.exclude_history),
-        parity=figures, evaluation=dict(evaluation))
+        item_id_offsets=offsets_file, parity=figures, evaluation=dict(evaluation))
 
 
 VECTOR_CHECK_ITEMS = 200  # documents on which the service's path to the item vectors is checked

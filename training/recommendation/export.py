@@ -118,6 +118,22 @@ def export_onnx(model: Recommender, directory: Path, text_dim: int) -> dict[str,
     return dict(FILES)
 
 
+def item_id_offsets(model: Recommender, num_items: int) -> tuple[np.ndarray, float] | None:
+    """The model's item ID embeddings moved into the text vectors' space for the bundle (``Recommender.
+    item_id_offsets``): (N, D) float32, row i for catalogue item i + 1 (= trie row i), and how far they miss
+    the embeddings (max |W_text o_i - E_item[i]|, for the export's tolerance); None without item ID
+    embeddings. Raises ValueError when the model's embedding table is not of ``num_items`` items."""
+    if model.item_embedding is None:
+        return None
+    if model.item_embedding.num_embeddings != num_items + 1:
+        raise ValueError(f"{model.item_embedding.num_embeddings - 1} item ID embeddings for {num_items} items")
+    with torch.no_grad():
+        offsets = model.item_id_offsets()  # (N + 1, D)
+        error = float((offsets.double() @ model.text_projection.weight.double().T
+                       - model.item_embedding.weight.double()).abs().max())
+    return np.ascontiguousarray(offsets[1:].numpy(), dtype=np.float32), error
+
+
 class TorchGraphs:
     """`bundle.recommendation.RecommenderGraphs` over the torch model (the training code paths)."""
 

@@ -2,11 +2,14 @@
 
 Shapes (B users, W history positions, D text width, d = d_model, L learned levels):
 
-- item token (`item_tokens`): ``W_text v + sum_l E_l[c_l]`` for the item's text vector v (D,) and
-  semantic ID c (L + 1,) (the counter's embedding only with `counter_in_token`); position is added
-  by the sequence model. The same token is the item's output embedding for the dense head (tied,
-  as SASRec ties its item embeddings), so an item added after training scores and reads like any
-  other: it has a text vector and an ID.
+- item token (`item_tokens`): ``W_text v + sum_l E_l[c_l] (+ E_item[i])`` for the item's text
+  vector v (D,) and semantic ID c (L + 1,) (the counter's embedding only with `counter_in_token`);
+  with `item_id_embedding`, plus a learned embedding of the item itself for items seen in training
+  (row 0 = none: padding, cold and later items), left out of a training token with probability
+  `item_id_dropout`; position is added by the sequence model. The same token is the item's output
+  embedding for the dense head (tied, as SASRec ties its item embeddings), so an item added after
+  training scores and reads like any other: it has a text vector and an ID (and no item embedding,
+  which item_id_dropout trains the model to do without).
 - sequence model (`encode`): tokens (B, W, d) and padding (B, W) -> hidden (B, W, d); pre-LN
   causal blocks; positions count from the right (the most recent item is always position
   max_history - 1), so a batch cut to its longest history equals one padded to max_history.
@@ -83,7 +86,10 @@ class IdDecoder(nn.Module):
 class Recommender(nn.Module):
     """Item tokens -> causal Transformer -> ID decoder and dense head (module docstring)."""
 
-    def __init__(self, text_dim: int, codebook_sizes: Sequence[int], settings: RecommenderSettings) -> None:
+    def __init__(self, text_dim: int, codebook_sizes: Sequence[int], settings: RecommenderSettings,
+                 num_items: int = 0) -> None:
+        """num_items: catalogue size N, the rows of the item ID embedding (N + 1 with row 0 = none); used only
+        with `settings.item_id_embedding`. Raises ValueError when that setting is on and num_items < 1."""
         super().__init__()
         d = settings.d_model
         self.settings = settings
@@ -93,6 +99,11 @@ class Recommender(nn.Module):
         self.text_projection = nn.Linear(text_dim, d)
         token_levels = self.codebook_sizes if settings.counter_in_token else self.codebook_sizes[:-1]
         self.code_embeddings = nn.ModuleList(nn.Embedding(k, d) for k in token_levels)
+        self.item_embedding: nn.Embedding | None = None
+        if settings.item_id_embedding:
+            if num_items < 1:
+                raise ValueError("item_id_embedding needs the catalogue size (num_items >= 1)")
+            self.item_embedding = nn.Embedding(num_items + 1, d, padding_idx=0)
         self.position = nn.Embedding(settings.max_history, d)
         self.token_dropout = nn.Dropout(settings.dropout)
         self.blocks = nn.ModuleList(
@@ -101,8 +112,7 @@ class Recommender(nn.Module):
         self.final_norm = nn.LayerNorm(d)
         self.id_decoder = IdDecoder(d, self.codebook_sizes, settings)
         self.query_projection = nn.Linear(d, d)
-        self.apply(init_weights)
-
+        self.apply(init_weights)  # zeroes the item ID embedding's row 0 (its padding_idx: "no embedding")
 
     @torch.no_grad()
     def init_code_embeddings(self, codebooks: torch.Tensor) -> None:
@@ -115,12 +125,33 @@ class Recommender(nn.Module):
 
     # --------------------------------------------------------------------------------- item tokens
 
-    def item_tokens(self, vectors: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """vectors (..., D) float, codes (..., L + 1) int64 -> item tokens (..., d)."""
+    def item_tokens(self, vectors: torch.Tensor, codes: torch.Tensor, items: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """vectors (..., D) float, codes (..., L + 1) int64, items (...) int64 item ID embedding rows (0 = none;
+        ignored without `item_id_embedding`) -> item tokens (..., d). In training mode each token leaves its
+        item ID embedding out with probability `item_id_dropout`."""
         token = self.text_projection(vectors)
         for level, embedding in enumerate(self.code_embeddings):
             token = token + embedding(codes[..., level])
+        if self.item_embedding is not None and items is not None:
+            if self.training and self.settings.item_id_dropout > 0:
+                keep = torch.rand(items.shape, device=items.device) >= self.settings.item_id_dropout
+                items = items * keep
+            token = token + self.item_embedding(items)
         return token
+
+    def item_id_offsets(self) -> torch.Tensor:
+        """The item ID embeddings moved into the text vectors' space: (N + 1, D) with W_text o_i = E_item[i]
+        (minimum-norm solution by the pseudo-inverse; exact while W_text (d, D) has rank d <= D, which a trained
+        projection has). Adding o_i to item i's text vector gives the token with its embedding, so the exported
+        graphs, which read text vectors, need no item input. Raises ValueError without `item_id_embedding`."""
+        if self.item_embedding is None:
+            raise ValueError("the model has no item ID embedding")
+        weight = self.text_projection.weight.double()  # (d, D)
+        if weight.shape[0] > weight.shape[1]:
+            raise ValueError(f"text vectors of {weight.shape[1]} dimensions cannot carry item ID embeddings of "
+                             f"{weight.shape[0]}: d_model must be <= the text vectors' width")
+        return (self.item_embedding.weight.double() @ torch.linalg.pinv(weight).T).float()  # (N + 1, D)
 
     # ------------------------------------------------------------------------------ sequence model
 

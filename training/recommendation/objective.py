@@ -26,7 +26,8 @@ from training.recommendation.settings import RecommenderSettings
 class CatalogueTensors:
     """The catalogue as tensors indexed by item index (row 0 is padding, zeros).
 
-    vectors (N + 1, D) float32; codes (N + 1, L + 1) int64; warm (N,) bool over rows 0..N-1.
+    vectors (N + 1, D) float32; codes (N + 1, L + 1) int64; warm (N,) bool over rows 0..N-1;
+    items (N + 1,) int64: each item's row of the item ID embedding, 0 (none) for padding and cold items.
     """
 
     def __init__(self, catalogue: ItemCatalogue, cold: np.ndarray | None = None, device: str = "cpu") -> None:
@@ -39,10 +40,13 @@ class CatalogueTensors:
         self.codes = torch.from_numpy(codes).to(device)
         warm = np.ones(n, dtype=bool) if cold is None else ~cold[1:]
         self.warm = torch.from_numpy(warm).to(device)
+        items = np.arange(n + 1, dtype=np.int64)
+        items[1:][~warm] = 0  # a cold item stands for one added after training: it has no item ID embedding
+        self.items = torch.from_numpy(items).to(device)
 
     def tokens(self, model: Recommender) -> torch.Tensor:
         """Every item's token, padding row first: (N + 1, d)."""
-        return model.item_tokens(self.vectors, self.codes)
+        return model.item_tokens(self.vectors, self.codes, self.items)
 
 
 def history_hidden(model: Recommender, tables: CatalogueTensors, items: torch.Tensor,
@@ -73,7 +77,7 @@ def make_loss_fn(tables: CatalogueTensors, settings: RecommenderSettings, genera
                                  device=warm_rows.device)
             negatives = warm_rows[draw]  # (S,)
             used, inverse = torch.unique(torch.cat([items.flatten(), target, negatives]), return_inverse=True)
-            tokens = model.item_tokens(tables.vectors[used], tables.codes[used])  # (U, d)
+            tokens = model.item_tokens(tables.vectors[used], tables.codes[used], tables.items[used])  # (U, d)
             local_items = inverse[: items.numel()].view_as(items)
             hidden = model.encode(tokens[local_items], items == 0)
             local_target = inverse[items.numel(): items.numel() + len(target)]

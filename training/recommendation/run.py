@@ -104,7 +104,7 @@ def fit(items_path: Path, sequences_path: Path, ids_dir: Path, settings: Recomme
     dataset = load_dataset(items_path, sequences_path)
     data = build_data(dataset, source, settings.max_history, settings.cold_start_fraction, settings.seed)
     catalogue = data.catalogue
-    model = Recommender(catalogue.text_dim, catalogue.codebook_sizes, settings)
+    model = Recommender(catalogue.text_dim, catalogue.codebook_sizes, settings, catalogue.num_items)
     initialised = settings.code_init == "codebooks" and init_from_indexer(model, source.network_dir,
                                                                            catalogue.text_dim)
     tables = CatalogueTensors(catalogue, data.cold)
@@ -140,6 +140,9 @@ def fit(items_path: Path, sequences_path: Path, ids_dir: Path, settings: Recomme
                 model.num_parameters, len(sample), settings.eval_ranking)
     result = train_loop(model, loop_settings(settings, progress), batches, loss, out_dir / "train",
                         evaluate=evaluate, name="recommender")
+    if model.item_embedding is not None:
+        with torch.no_grad():  # cold items stand for items added later: they have no item ID embedding
+            model.item_embedding.weight[torch.from_numpy(np.flatnonzero(data.cold))] = 0.0
     save_model(out_dir, model, catalogue)
     record = {
         "task": "recommendation",
@@ -191,7 +194,7 @@ def load_model(model_dir: Path) -> tuple[dict[str, Any], RecommenderSettings, Re
     with np.load(model_dir / ITEMS_FILE) as items:
         catalogue = ItemCatalogue(tuple(str(d) for d in items["doc_ids"]), items["vectors"],
                                   items["semantic_ids"], tuple(int(k) for k in items["codebook_sizes"]))
-    model = Recommender(catalogue.text_dim, catalogue.codebook_sizes, settings)
+    model = Recommender(catalogue.text_dim, catalogue.codebook_sizes, settings, catalogue.num_items)
     model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
     return record, settings, model.eval(), catalogue
 

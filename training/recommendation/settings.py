@@ -28,6 +28,13 @@ class RecommenderSettings:
                 "text projection, where the ID source has codebooks in the text vectors' space (LMIndexer); "
                 "'random' always starts them at random."})
     # ID decoder
+    item_id_embedding: bool = field(default=False, metadata={
+        "help": "Add a learned per-item embedding (SASRec's item ID embedding) to the tokens of the items seen in "
+                "training. An item added later (or held out as cold) has none: its token is its text vector and "
+                "codes alone, which item_id_dropout trains the model to read."})
+    item_id_dropout: float = field(default=0.5, metadata={
+        "help": "Probability that a training token (in a history, as a target or as a negative) is built without "
+                "its item ID embedding, so that the model also ranks and reads items that have none."})
     decoder: Literal["transformer", "mlp"] = field(default="transformer", metadata={
         "help": "'transformer': a small causal Transformer over [hidden, code_0, ..., code_{l-1}] predicts "
                 "level l; 'mlp': an MLP of hidden + the summed embeddings of the codes so far."})
@@ -84,6 +91,8 @@ class RecommenderSettings:
             raise ConfigError(f"beam_size must be in 1..100, got {self.beam_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ConfigError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.dense_negatives < 0:
