@@ -17,6 +17,7 @@ from training.downstream.experiment import ids_overrides_for, ids_presets_for
 from training.downstream.finetune import FinetuneConfig, build_network, train
 from training.downstream.tasks import (
     Example,
+    PseudoQueries,
     choose_cold_documents,
     document_spans,
     load_id_source,
@@ -74,6 +75,47 @@ def test_span_pseudo_queries_are_seeded_distinct_pieces_of_their_document() -> N
     assert [e.doc_id for e in pairs] == ["a"] * 4  # the document itself + 3 spans; cold b has none
     assert [e.text for e in pairs[1:]] == document_spans(text, 3, 10, random.Random("7:a"))
     assert retrieval_examples({}, {}, documents, id_of, doc_as_query=False, span_queries=3) == []
+
+
+COLLECTION = {
+    "d1": "Supersonic flow over a wedge. The shock wave angle depends on the Mach number. "
+          "We report wind tunnel measurements of the shock wave angle at Mach numbers from two to five. "
+          "The results are compared with theory.",
+    "d2": "Heat transfer in laminar boundary layers. The boundary layer on a flat plate is heated from below. "
+          "Heat transfer rates are measured. The results are compared with theory.",
+    "d3": "Buckling of thin cylindrical shells under axial compression. Shell buckling loads are far below "
+          "the classical value. The results are compared with theory.",
+    "d4": "One sentence only about transonic airfoils",
+}
+
+
+def test_pseudo_queries_are_salient_deterministic_and_bounded() -> None:
+    pseudo = PseudoQueries(COLLECTION)
+    sentences = pseudo.salient_sentences("d1", 2, max_words=12)
+    # the sentence every document shares ("The results are compared with theory.") is never the most salient
+    assert len(sentences) == 2 and "compared with theory" not in sentences[0]
+    assert all(s and len(s.split()) <= 12 and " ".join(s.split()[:3]) in COLLECTION["d1"] for s in sentences)
+    assert "shock wave angle" in sentences[0]
+    assert pseudo.salient_sentences("d4", 2, max_words=12) == []  # one sentence: the document-as-query pair
+    keyphrases = pseudo.keyphrase_queries("d2", 2, terms=3, max_words=5)
+    assert 1 <= len(keyphrases) <= 2 and all(q and len(q.split()) <= 5 for q in keyphrases)
+    assert "heat transfer" in keyphrases[0]  # a bigram of the document, weighted above words of every document
+    assert all(w not in ("the", "are", "with") for q in keyphrases for w in q.split())  # stop words removed
+    again = PseudoQueries(dict(COLLECTION))
+    assert again.salient_sentences("d1", 2, 12) == sentences and again.keyphrase_queries("d2", 2, 3, 5) == keyphrases
+    # as training pairs: the real query repeated, then each warm document's own text and its pseudo-queries
+    id_of = {d: (i, 0, 0) for i, d in enumerate(COLLECTION)}
+    pairs = retrieval_examples({"q": "shock angle"}, {"q": {"d1": 1}}, COLLECTION, id_of, doc_as_query=True,
+                               cold={"d3"}, sentence_queries=1, keyphrase_queries=1, keyphrase_terms=3,
+                               pseudo_query_words=12, query_repeats=3)
+    assert [e.text for e in pairs[:3]] == ["shock angle"] * 3
+    by_doc = {d: [e.text for e in pairs[3:] if e.doc_id == d] for d in COLLECTION}
+    assert by_doc["d3"] == [] and by_doc["d4"][0] == COLLECTION["d4"]
+    assert by_doc["d1"] == [COLLECTION["d1"], *pseudo.salient_sentences("d1", 1, 12),
+                            *pseudo.keyphrase_queries("d1", 1, 3, 12)]
+    assert all(e.text.strip() for e in pairs)
+    with pytest.raises(ConfigError, match="train_query_repeats"):
+        FinetuneConfig(train_query_repeats=0)
 
 
 def test_cold_documents_are_a_seeded_five_percent() -> None:

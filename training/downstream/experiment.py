@@ -108,7 +108,12 @@ class Task:
                                                      len(self.train_queries) < len(self.documents))
         examples = retrieval_examples(self.train_queries, self.train_qrels, texts, id_of, doc_as_query,
                                       titles=self.titles, cold=cold, span_queries=config.doc_span_queries,
-                                      span_words=config.doc_span_words, seed=config.seed)
+                                      span_words=config.doc_span_words, seed=config.seed,
+                                      sentence_queries=config.doc_sentence_queries,
+                                      keyphrase_queries=config.doc_keyphrase_queries,
+                                      keyphrase_terms=config.keyphrase_terms,
+                                      pseudo_query_words=config.pseudo_query_words,
+                                      query_repeats=config.train_query_repeats)
         if config.max_train_examples and len(examples) > config.max_train_examples:
             examples = random.Random(config.seed).sample(examples, config.max_train_examples)
         return examples

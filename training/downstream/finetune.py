@@ -70,6 +70,18 @@ class FinetuneConfig:
                 "pseudo-queries (NCI's DocAsQuery), drawn once from the seed. 0 = none."})
     doc_span_words: int = field(default=16, metadata={
         "help": "Words in a span pseudo-query: between half this and this many."})
+    doc_sentence_queries: int = field(default=0, metadata={
+        "help": "Retrieval, with document-as-query: also each document's this many most salient sentences (TF-IDF "
+                "against the collection, training.downstream.tasks.PseudoQueries) as pseudo-queries. 0 = none."})
+    doc_keyphrase_queries: int = field(default=0, metadata={
+        "help": "Retrieval, with document-as-query: also this many key-phrase pseudo-queries per document (its "
+                "highest TF-IDF terms and bigrams, keyphrase_terms each). 0 = none."})
+    keyphrase_terms: int = field(default=6, metadata={"help": "Terms (unigrams or bigrams) in a key-phrase query."})
+    pseudo_query_words: int = field(default=32, metadata={
+        "help": "A salient-sentence or key-phrase pseudo-query is cut to this many words."})
+    train_query_repeats: int = field(default=1, metadata={
+        "help": "Retrieval: each (real training query, relevant document) pair appears this many times, to weigh "
+                "the few real queries against the many pseudo-queries."})
     max_train_examples: int = field(default=0, metadata={
         "help": "Use at most this many training pairs (seeded sample; 0 = all). For reduced CPU presets."})
     cold_start_fraction: float = field(default=0.05, metadata={
@@ -105,6 +117,10 @@ class FinetuneConfig:
             raise ConfigError("max_input_length must be >= 4")
         if self.doc_span_queries < 0 or self.doc_span_words < 2:
             raise ConfigError("doc_span_queries must be >= 0 and doc_span_words >= 2")
+        if self.doc_sentence_queries < 0 or self.doc_keyphrase_queries < 0:
+            raise ConfigError("doc_sentence_queries and doc_keyphrase_queries must be >= 0")
+        if self.keyphrase_terms < 1 or self.pseudo_query_words < 2 or self.train_query_repeats < 1:
+            raise ConfigError("keyphrase_terms and train_query_repeats must be >= 1, pseudo_query_words >= 2")
         if not 0.0 <= self.cold_start_fraction < 1.0:
             raise ConfigError(f"cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
         if not self.hybrid_weights or any(not 0.0 <= w <= 1.0 for w in self.hybrid_weights):
