@@ -237,6 +237,21 @@ def test_item_id_embedding_is_absent_for_cold_items_dropped_in_training_and_fold
         RecommenderSettings(item_id_dropout=1.0)
 
 
+def test_cold_items_get_the_next_free_counter_among_the_warm_items_as_the_service_gives():
+    from training.recommendation.data import index_cold_items
+
+    ids = np.array([[0, 1, 0], [0, 1, 1], [0, 1, 2], [2, 2, 0], [2, 2, 1], [3, 0, 0]])
+    cold = np.array([True, False, True, False, True, False])
+    out = index_cold_items(ids, (4, 4, 3), cold)
+    # warm items keep their IDs; under (0, 1) the warm item holds counter 1: the cold ones take 0, then 2
+    assert out[~cold].tolist() == ids[~cold].tolist()
+    assert out[[0, 2, 4]].tolist() == [[0, 1, 0], [0, 1, 2], [2, 2, 1]]
+    assert len({tuple(r) for r in out.tolist()}) == len(out)
+    ids[3] = [1, 1, 0]  # the only warm item under (2, 2) moves away: the cold item there takes counter 0
+    assert index_cold_items(ids, (4, 4, 3), cold)[4].tolist() == [2, 2, 0]
+    assert index_cold_items(ids, (4, 4, 3), np.zeros(6, dtype=bool)).tolist() == ids.tolist()
+
+
 # ------------------------------------------------------------------------------- end to end, tiny P5
 
 

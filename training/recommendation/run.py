@@ -159,8 +159,9 @@ def fit(items_path: Path, sequences_path: Path, ids_dir: Path, settings: Recomme
         "num_users": data.arrays.num_users,
         "cold_items": [catalogue.doc_ids[i - 1] for i in np.flatnonzero(data.cold)],
         "cold_start_rule": "a seeded cold_start_fraction of the items is removed from every training sequence "
-                           "and from the dense softmax; their IDs are taken from the ID table (the LMIndexer "
-                           "greedy-code + next-free-counter assignment is not applied here)",
+                           "and from the dense softmax; their learned codes are the ID table's and their "
+                           "counter the next free one among the warm items (the service's rule, "
+                           "training.recommendation.data.index_cold_items)",
         "num_parameters": model.num_parameters,
         "training": {"epochs": result.epochs, "best_epoch": result.best_epoch, "best_valid_ndcg@10": result.best,
                      "stop_reason": result.stop_reason, "steps": result.steps, "history": result.history,
