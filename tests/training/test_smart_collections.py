@@ -1,14 +1,16 @@
 """Any SMART collection by its folder: tiny collections in CISI's, Cranfield's and MED's layouts written
-to tmp_path, the real vendored Cranfield, the seeded query split."""
+to tmp_path, the real vendored Cranfield, the seeded query split, the retrieval task and the CLI."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from lmindexer.cli import main
 from training.data.smart import (
     SMART_SPLIT_FRACTIONS,
     collection_query_split,
@@ -19,7 +21,8 @@ from training.data.smart import (
     smart_query_split,
     split_sizes,
 )
-from training.errors import DataFormatError
+from training.downstream.experiment import cranfield_task, load_task, smart_task
+from training.errors import ConfigError, DataFormatError
 
 CRANFIELD = Path(__file__).resolve().parents[2] / "data" / "cranfield"
 
@@ -241,3 +244,81 @@ def test_split_sizes_round_by_largest_remainder() -> None:
         smart_query_split(["1", "2", "3"])
     with pytest.raises(ValueError, match="unique"):
         smart_query_split(["1", "1", "2", "3", "4", "5"])
+
+
+def test_too_few_judged_queries_is_a_data_error(cisi: Path) -> None:
+    (cisi / "TINY.REL").write_text("1 1 0 0\n2 4 0 0\n")
+    with pytest.raises(DataFormatError, match="2 queries are too few to split"):
+        smart_task(cisi)
+
+
+def test_smart_task_from_a_folder(cisi: Path) -> None:
+    task = smart_task(cisi)
+    assert (task.kind, task.name, task.loader) == ("retrieval", "tiny", "smart")
+    assert len(task.documents) == 12
+    split, _ = collection_query_split(read_smart_collection(cisi))
+    assert list(task.train_queries) == split["train"]
+    assert task.eval_sets["valid"].query_ids == split["dev"] and task.eval_sets["test"].query_ids == split["test"]
+    assert task.eval_sets["test"].qrels == {q: dict.fromkeys(RELEVANT[q], 1) for q in split["test"]}
+    assert task.titles["3"] == "The half-life of scientific literatures"
+    assert load_task("smart", cisi) == task
+    with pytest.raises(ConfigError, match="needs the collection's folder"):
+        load_task("smart")
+
+
+def test_smart_task_on_cranfields_folder_is_the_cranfield_task() -> None:
+    task = smart_task(CRANFIELD)
+    assert task == cranfield_task(CRANFIELD)
+    assert {name: len(s.query_ids) for name, s in task.eval_sets.items()} == {"valid": 25, "test": 75}
+
+
+def test_baseline_bm25_on_a_smart_folder(cisi: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs"
+    assert main(["baseline", "--smart", str(cisi), "--method", "bm25", "--split", "all", "--out", str(out)]) == 0
+    assert "tiny all (7 queries), bm25:" in capsys.readouterr().out
+    report = json.loads((out / "bm25-all.metrics.json").read_text())
+    assert (report["dataset"], report["num_queries"], report["num_documents"]) == ("tiny", 7, 12)
+    assert report["collection"]["qrels_layout"] == "query doc 0 0"
+    assert report["settings"]["split_sizes"] == {"train": 4, "dev": 1, "test": 2}
+    # Each query shares its subject's words with its first relevant document only.
+    assert report["metrics"]["mrr@10"] == 1.0
+    run = (out / "bm25-all.trec").read_text().splitlines()
+    assert run[0].split()[:4] == ["1", "Q0", "1", "1"]
+    assert {line.split()[0] for line in (out / "qrels-all.trec").read_text().splitlines()} == set(RELEVANT)
+    assert main(["baseline", "--smart", str(cisi), "--method", "bm25", "--split", "test", "--out", str(out)]) == 0
+    assert json.loads((out / "bm25-test.metrics.json").read_text())["num_queries"] == 2
+
+
+def test_smart_options_refuse_bad_combinations(cisi: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["baseline", "--smart", str(cisi), "--dataset", "cranfield", "--method", "bm25", "--out", "x"],
+                 ["finetune", "--smart", str(cisi), "--dataset", "cranfield", "--ids", "i", "--out", "o"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2
+        assert "not allowed with argument --smart" in capsys.readouterr().err
+    assert main(["baseline", "--smart", str(cisi), "--method", "sasrec", "--out", str(tmp_path)]) == 2
+    assert "does not apply to a SMART collection" in capsys.readouterr().err
+    assert main(["baseline", "--smart", str(tmp_path / "none"), "--method", "bm25", "--out", str(tmp_path)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["finetune", "--smart", str(cisi), "--task", "recommendation", "--ids", "i", "--out", "o"]) == 2
+    assert "--smart names a retrieval collection" in capsys.readouterr().err
+
+
+def test_finetune_on_a_smart_folder_records_the_collection(cisi: Path, tmp_path: Path) -> None:
+    """finetune --smart writes a finetune.json that names the collection and rebuilds the same task."""
+    import numpy as np
+
+    from training.indexing.id_table import write_ids_jsonl
+
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    codes = np.array([[i % 3, i // 3, 0] for i in range(12)])  # hc-like IDs of the 12 documents, no indexer network
+    write_ids_jsonl(ids / "ids.jsonl", [str(i) for i in range(1, 13)], codes)
+    (ids / "run.json").write_text(json.dumps({"method": "hc", "codebook_sizes": [3, 4]}))
+    out = tmp_path / "model"
+    assert main(["finetune", "--smart", str(cisi), "--ids", str(ids), "--out", str(out), "--preset", "tiny",
+                 "--set", "steps=1", "--no-progress"]) == 0
+    record = json.loads((out / "finetune.json").read_text())
+    assert (record["dataset"], record["collection"], record["data_dir"]) == ("smart", "tiny", str(cisi.resolve()))
+    assert "7 queries with a relevant judgment" in record["query_split"]
+    assert load_task(record["dataset"], record["data_dir"]) == smart_task(cisi)  # what evaluate and export read
