@@ -11,6 +11,11 @@ nDCG@10 (graded gains), Recall@10 and MRR@10 with training.metrics. Without a GP
 reduced CPU preset, labelled in the JSON. Work files go to --work; re-running resumes.
 
     nice -n 10 python benchmarks/bench_retrieval.py --out benchmarks/results/retrieval-cpu.json
+
+`--smart DIR` runs the same on any SMART collection's folder (`training.downstream.experiment.smart_task`:
+Cranfield's or CISI's layout; test = its part of `collection_query_split`); the work folder and the
+output then default to runs/bench-retrieval-NAME and results/retrieval-NAME-cpu.json, NAME the
+collection's name.
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=RESULTS / "retrieval-cpu.json")
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-retrieval"))
-    parser.add_argument("--data", type=Path, default=None, help="Cranfield folder (default: data/cranfield).")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Result JSON (default: results/retrieval-cpu.json; --smart: retrieval-NAME-cpu.json).")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="Work folder (default: runs/bench-retrieval; --smart: runs/bench-retrieval-NAME).")
+    collection = parser.add_mutually_exclusive_group()
+    collection.add_argument("--data", type=Path, default=None, help="Cranfield folder (default: data/cranfield).")
+    collection.add_argument("--smart", type=Path, default=None, metavar="DIR",
+                            help="Any SMART collection's folder instead of Cranfield (Cranfield's or CISI's layout).")
     parser.add_argument("--methods", default="lmindexer,rqvae,hc")
     parser.add_argument("--ids-preset", default="quick", help="learn-ids preset of every method, or a default "
                         "with per-method exceptions: quick,lmindexer=cpu-encoder")
@@ -59,6 +69,7 @@ def main() -> None:
         cranfield_task,
         ids_overrides_for,
         ids_presets_for,
+        smart_task,
     )
     from training.downstream.finetune import FinetuneConfig
 
@@ -67,26 +78,34 @@ def main() -> None:
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     config = load_config(FinetuneConfig, preset_path("finetune", args.finetune_preset),
                          [*args.overrides, f"num_threads={args.threads}", "eval_max_queries=0"])
-    data_dir = args.data or DATA_DIR / "cranfield"
-    task = cranfield_task(data_dir)
+    smart = args.smart is not None
+    data_dir = (args.smart or args.data or DATA_DIR / "cranfield").resolve()
+    task = smart_task(data_dir) if smart else cranfield_task(data_dir)
+    # Another collection never shares Cranfield's work folder (its stages resume from what they find there).
+    work = args.work or Path("runs/bench-retrieval" + (f"-{task.name}" if smart else ""))
+    out = args.out or RESULTS / ("retrieval-cpu.json" if not smart else f"retrieval-{task.name}-cpu.json")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ids_presets = ids_presets_for(args.ids_preset, methods)
     ids_overrides = ids_overrides_for(args.ids_overrides, methods)
-    generative = compare_id_methods(task, args.work, methods, ids_presets, ids_overrides, config, split="test",
-                                    latency_queries=args.latency_queries, progress=False)
+    generative = compare_id_methods(task, work, methods, ids_presets, ids_overrides, config, split="test",
+                                    latency_queries=args.latency_queries, progress=False, data_dir=data_dir)
     baselines = {}
     baseline_sources = {}
     with tempfile.TemporaryDirectory() as scratch:
         for method in [b.strip() for b in args.baselines.split(",") if b.strip()]:
-            report = run_retrieval_baseline(method, scratch, split="test", data_dir=data_dir)
+            report = run_retrieval_baseline(method, scratch, split="test", data_dir=data_dir, smart=smart)
             baselines[method] = report["metrics"]
             baseline_sources[method] = "this run"
-    if "dense" not in baselines and args.dense_results.is_file():
+    # dense_cranfield.json holds Cranfield's figures only
+    if "dense" not in baselines and task.name == "cranfield" and args.dense_results.is_file():
         baselines["dense"] = json.loads(args.dense_results.read_text())["results"]["test"]["metrics"]
         baseline_sources["dense"] = f"{args.dense_results.name} (test split; deterministic, not re-run here)"
     metrics = ("ndcg@10", "recall@10", "mrr@10")
+    test_queries = len(task.eval_sets["test"].query_ids)
+    benchmark = (f"{task.name} retrieval ({data_dir}), test split ({test_queries} queries; {task.split_rule})"
+                 if task.name != "cranfield" else "cranfield retrieval, fixed test split (75 queries, seed 20240721)")
     report = {
-        "benchmark": "cranfield retrieval, fixed test split (75 queries, seed 20240721)",
+        "benchmark": benchmark,
         "preset": "cpu-reduced" if args.finetune_preset != "paper" else "paper",
         "reduced": {"learn_ids_preset": args.ids_preset, "finetune_preset": args.finetune_preset,
                     "finetune_steps": config.steps, "why": "no GPU in this session; 2 shared CPU cores"},
@@ -99,17 +118,18 @@ def main() -> None:
         "generative_details": {m: {k: v for k, v in generative[m].items() if k not in ("test", "warm", "cold_start")}
                                for m in methods},
         "latency_per_query_beam20": generative.get("latency"),
-        "reference_all_225_queries": {"bm25": {"ndcg@10": 0.352, "recall@10": 0.389, "mrr@10": 0.508},
-                                      "dense": {"ndcg@10": 0.382, "recall@10": 0.416, "mrr@10": 0.538}},
+        **({"reference_all_225_queries": {"bm25": {"ndcg@10": 0.352, "recall@10": 0.389, "mrr@10": 0.508},
+                                          "dense": {"ndcg@10": 0.382, "recall@10": 0.416, "mrr@10": 0.538}}}
+           if task.name == "cranfield" else {}),
         "finetune_config": config_to_dict(config),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "machine": {**machine_description(), "load_average_at_start": load_at_start},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for name, figures in report["metrics_test"].items():
         print(f"{name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
-    print(f"wrote {args.out} ({report['wall_time_s']:.0f} s)")
+    print(f"wrote {out} ({report['wall_time_s']:.0f} s)")
 
 
 if __name__ == "__main__":

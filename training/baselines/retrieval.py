@@ -1,7 +1,8 @@
-"""Retrieval baselines end to end on Cranfield: search, write the run, score it, write metrics.
+"""Retrieval baselines end to end on Cranfield or any SMART collection: search, write the run, score
+it, write metrics.
 
-`run_retrieval_baseline` is what `lmindexer baseline --dataset cranfield` and the benchmarks in
-benchmarks/ run. It writes into the output folder:
+`run_retrieval_baseline` is what `lmindexer baseline --dataset cranfield` (or `--smart DIR`) and the
+benchmarks in benchmarks/ run. It writes into the output folder:
 
 - `{method}-{split}.trec`: the run (top `top_k` per query, trec_eval's order);
 - `qrels-{split}.trec`: the graded qrels of the split's queries, so that
@@ -9,7 +10,9 @@ benchmarks/ run. It writes into the output folder:
 - `{method}-{split}.metrics.json`: nDCG@10, Recall@10, MRR@10, MAP@10 (means over the split's
   queries, `training.metrics` conventions), the settings, the query split and the wall time.
 
-Splits: "all" (the 225 queries) or "train" / "dev" / "test" of `cranfield_query_split`.
+Splits: "all" (every query of the split: Cranfield's 225; for another collection the queries with a
+relevant judgment) or "train" / "dev" / "test" of `collection_query_split` (Cranfield:
+`cranfield_query_split`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from training.data.smart import CRANFIELD_SPLIT_SEED, CRANFIELD_SPLIT_SIZES, cranfield_query_split, read_cranfield
+from training.data.smart import (
+    CRANFIELD_SPLIT_SIZES,
+    SMART_SPLIT_SEED,
+    collection_query_split,
+    read_cranfield,
+    read_smart_collection,
+)
 from training.data.textio import atomic_write_text
 from training.data.trec import Run, write_qrels, write_run
 from training.errors import ConfigError
@@ -68,18 +77,21 @@ def top_k_run(scores: np.ndarray, query_ids: Sequence[str], doc_ids: Sequence[st
 def run_retrieval_baseline(method: str, out_dir: str | Path, split: str = "all",
                            data_dir: str | Path = DEFAULT_CRANFIELD_DIR, top_k: int = 100,
                            include_title: bool = True, stemmer: str | None = None,
-                           metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, Any]:
-    """Run BM25 or dense retrieval on Cranfield's `split` queries; write and return the report."""
+                           metrics: Sequence[str] = DEFAULT_METRICS, smart: bool = False) -> dict[str, Any]:
+    """Run BM25 or dense retrieval on the `split` queries of Cranfield (`data_dir` holds its files), or with
+    `smart=True` of the SMART collection in `data_dir` (`read_smart_collection`); write and return the report."""
     if method not in RETRIEVAL_METHODS:
         raise ConfigError(f"unknown retrieval method {method!r}: expected one of {', '.join(RETRIEVAL_METHODS)}")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     started = time.perf_counter()
-    collection = read_cranfield(data_dir, include_title=include_title)
-    queries = collection.queries
-    if split != "all":
-        chosen = set(cranfield_query_split([query.query_id for query in queries])[split])
-        queries = [query for query in queries if query.query_id in chosen]
+    if smart:
+        collection = read_smart_collection(data_dir, include_title=include_title)
+    else:
+        collection = read_cranfield(data_dir, include_title=include_title)
+    parts, split_rule = collection_query_split(collection)
+    chosen = {q for part in parts.values() for q in part} if split == "all" else set(parts[split])
+    queries = [query for query in collection.queries if query.query_id in chosen]
     qrels = {query.query_id: collection.qrels.get(query.query_id, {}) for query in queries}
 
     settings: dict[str, Any]
@@ -107,7 +119,8 @@ def run_retrieval_baseline(method: str, out_dir: str | Path, split: str = "all",
     write_run(run_path, run, tag=f"lmindexer-{method}")
     write_qrels(qrels_path, qrels)
     report: dict[str, Any] = {
-        "dataset": "cranfield",
+        "dataset": collection.name,
+        **({"data_dir": str(Path(data_dir).resolve()), "collection": collection.details} if smart else {}),
         "method": method,
         "split": split,
         "num_queries": len(queries),
@@ -117,14 +130,15 @@ def run_retrieval_baseline(method: str, out_dir: str | Path, split: str = "all",
             **settings,
             "document_text": "title + text" if include_title else "text",
             "top_k": top_k,
-            "split_seed": CRANFIELD_SPLIT_SEED,
-            "split_sizes": CRANFIELD_SPLIT_SIZES,
+            "split_seed": SMART_SPLIT_SEED,  # the seed of both splits (CRANFIELD_SPLIT_SEED is the same)
+            "split_sizes": {name: len(part) for name, part in parts.items()},
+            "split_rule": split_rule,
         },
         "files": {"run": run_path.name, "qrels": qrels_path.name},
         "index_and_search_seconds": round(search_seconds, 3),
         "wall_time_seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_text(out_dir / f"{method}-{split}.metrics.json", json.dumps(report, indent=2) + "\n")
-    logger.info("%s on cranfield/%s (%d queries): %s", method, split, len(queries),
+    logger.info("%s on %s/%s (%d queries): %s", method, collection.name, split, len(queries),
                 ", ".join(f"{name} {value:.4f}" for name, value in figures.items()))
     return report

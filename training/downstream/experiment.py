@@ -1,7 +1,8 @@
 """One downstream experiment end to end: data -> fine-tune -> cold-start indexing -> evaluation.
 
 A `Task` is the dataset side (documents, training pairs, evaluation queries and qrels) of
-retrieval (Cranfield, or any corpus with queries; recommendation is `training.recommendation`).
+retrieval (Cranfield, any SMART collection by its folder, or any corpus with queries;
+recommendation is `training.recommendation`).
 `finetune_task` fine-tunes a network for an ID source and writes DIR/network + DIR/finetune.json;
 `evaluate_task` loads it, gives the cold-start documents their IDs (the indexer's greedy codes +
 next free counter for LMIndexer IDs; methods without an indexer network keep the IDs their
@@ -38,7 +39,14 @@ from bundle import (
 )
 from training.config import build_config, config_to_dict
 from training.data.corpus import Document, write_corpus_jsonl
-from training.data.smart import cranfield_query_split, read_cranfield
+from training.data.smart import (
+    CRANFIELD_SPLIT_RULE,
+    SmartCollection,
+    collection_query_split,
+    cranfield_query_split,
+    read_cranfield,
+    read_smart_collection,
+)
 from training.data.trec import write_run
 from training.downstream.cold_start import index_cold_documents
 from training.downstream.evaluate import (
@@ -95,6 +103,11 @@ class Task:
     train_queries: dict[str, str] = field(default_factory=dict)
     train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
+    # The `load_task` name that rebuilds the task from its folder ("cranfield", "smart"); None: built in
+    # code (the demo's). Not compared: `smart_task` on Cranfield's folder is the Cranfield task.
+    loader: str | None = field(default=None, compare=False)
+    # How the queries were split, in words (`training.data.smart.collection_query_split`), for records.
+    split_rule: str | None = field(default=None, compare=False)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -123,21 +136,38 @@ def cranfield_task(directory: str | Path) -> Task:
     """Cranfield retrieval with the foundation's fixed train/dev/test query split. The two empty
     records (471, 995) get their doc_id as text so every document can hold an ID."""
     collection = read_cranfield(directory)
+    split = cranfield_query_split([q.query_id for q in collection.queries])
+    return _retrieval_task(collection, split, CRANFIELD_SPLIT_RULE, loader="cranfield")
+
+
+def smart_task(directory: str | Path) -> Task:
+    """Retrieval on any SMART collection by its folder (`training.data.smart.read_smart_collection`),
+    split by `collection_query_split`: Cranfield's folder gives exactly `cranfield_task`'s task (its
+    fixed split over all 225 queries), any other collection a seeded split of its queries with a
+    relevant judgment (`smart_query_split`). Empty documents get their doc_id as text, as in Cranfield."""
+    collection = read_smart_collection(directory)
+    split, rule = collection_query_split(collection)
+    logger.info("%s (%s): %d documents, %d queries; %s", collection.name, directory, len(collection.documents),
+                len(collection.queries), rule)
+    return _retrieval_task(collection, split, rule, loader="smart")
+
+
+def _retrieval_task(collection: SmartCollection, split: Mapping[str, Sequence[str]], rule: str, loader: str) -> Task:
     documents = [d if d.text.strip() else Document(d.doc_id, f"document {d.doc_id}", d.category, d.metadata)
                  for d in collection.documents]
     queries = {q.query_id: q.text for q in collection.queries}
-    split = cranfield_query_split(list(queries))
 
     def eval_set(ids: Sequence[str]) -> EvalSet:
         # Every query of the split counts (one without a relevant document scores 0, as in trec_eval -c).
         return EvalSet(query_ids=list(ids), texts=[queries[q] for q in ids],
                        qrels={q: dict(collection.qrels.get(q, {})) for q in ids})
 
-    return Task(kind="retrieval", name="cranfield", documents=documents,
+    return Task(kind="retrieval", name=collection.name, documents=documents,
                 eval_sets={"valid": eval_set(split["dev"]), "test": eval_set(split["test"])},
                 train_queries={q: queries[q] for q in split["train"]},
                 train_qrels={q: dict(collection.qrels.get(q, {})) for q in split["train"]},
-                titles={d.doc_id: str(d.metadata.get("title", "")) for d in documents})
+                titles={d.doc_id: str(d.metadata.get("title", "")) for d in documents}, loader=loader,
+                split_rule=rule)
 
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -146,19 +176,29 @@ DATASETS = ("cranfield",)
 
 def load_task(name: str, data_dir: str | Path | None = None, config: FinetuneConfig | None = None) -> Task:
     """A task by dataset name: "cranfield" (retrieval; `data_dir` holds the SMART files, default the
-    vendored copy under data/). Beauty recommendation is the item-token recommender
+    vendored copy under data/) or "smart" (retrieval on the SMART collection in `data_dir`, which it
+    needs: `smart_task`). Beauty recommendation is the item-token recommender
     (`lmindexer finetune --task recommendation`, `training.recommendation`)."""
     if name == "cranfield":
         return cranfield_task(Path(data_dir) if data_dir is not None else DATA_DIR / "cranfield")
+    if name == "smart":
+        if data_dir is None:
+            raise ConfigError("the smart dataset needs the collection's folder (lmindexer finetune --smart DIR)")
+        return smart_task(data_dir)
     if name == "beauty":
         raise ConfigError("Beauty recommendation is the item-token recommender: lmindexer finetune --task "
                           "recommendation (the history-text recommender fine-tuned with --dataset beauty is gone)")
-    raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, smart (with its folder)")
 
 
 def finetune_task(task: Task, source: IdSource, config: FinetuneConfig, out_dir: Path,
                   progress: bool = True, data_dir: str | Path | None = None) -> dict[str, Any]:
-    """Fine-tune a network on `task` for the IDs of `source`; writes out_dir/network and finetune.json."""
+    """Fine-tune a network on `task` for the IDs of `source`; writes out_dir/network and finetune.json.
+
+    finetune.json's `dataset` (the `load_task` name: "cranfield", "smart"; else the task's name) and
+    `data_dir` (the folder it was read from, `data_dir`) are what `lmindexer evaluate` and `export`
+    rebuild the task from; `collection` names the collection ("cranfield", "cisi").
+    """
     library_bars(progress)
     out_dir = Path(out_dir)
     id_of = source.id_of()
@@ -175,7 +215,8 @@ def finetune_task(task: Task, source: IdSource, config: FinetuneConfig, out_dir:
     network.save(out_dir / "network")
     finalize_checkpoint(out_dir)
     record = {
-        "task": task.kind, "dataset": task.name, "data_dir": str(data_dir) if data_dir else None,
+        "task": task.kind, "dataset": task.loader or task.name, "collection": task.name,
+        "data_dir": str(data_dir) if data_dir else None, "query_split": task.split_rule,
         "ids": str(Path(source.directory).resolve()),
         "method": source.method, "cold_documents": sorted(cold), "config": config_to_dict(config),
         "training": {k: v for k, v in history.items() if k != "config"},
@@ -404,13 +445,15 @@ def ids_overrides_for(specs: Sequence[str], methods: Sequence[str]) -> dict[str,
 
 def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_presets: Mapping[str, str],
                        ids_overrides: Mapping[str, Sequence[str]], config: FinetuneConfig,
-                       split: str = "test", latency_queries: int = 30, progress: bool = True) -> dict[str, Any]:
+                       split: str = "test", latency_queries: int = 30, progress: bool = True,
+                       data_dir: str | Path | None = None) -> dict[str, Any]:
     """The benchmarks' generative half: for each ID method, learn IDs on the task's documents, fine-tune
     the same downstream model on them, evaluate `split` (all / warm / cold-start documents); for the
     first method also time one query at a time at beam 20, torch vs onnxruntime (CPU).
 
     Every stage skips work already done under `work` (learn-ids output, finetune.json, eval metrics), and
     fine-tuning resumes from its checkpoint, so an interrupted benchmark can be re-run to completion.
+    `data_dir`: the task's folder, recorded in each finetune.json (`finetune_task`).
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -428,7 +471,7 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
         source = load_id_source(ids_dir)
         model_dir = work / f"finetune-{method}"
         if not (model_dir / FINETUNE_RECORD).is_file():
-            finetune_task(task, source, config, model_dir, progress=progress)
+            finetune_task(task, source, config, model_dir, progress=progress, data_dir=data_dir)
         finetune_seconds = time.perf_counter() - started - learn_seconds
         metrics_path = model_dir / "eval" / "metrics.json"
         if metrics_path.is_file() and split in json.loads(metrics_path.read_text()):
