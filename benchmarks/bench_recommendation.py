@@ -16,12 +16,18 @@ is measured under the same protocol. Metrics:
 1 / log2(rank + 1)). Work files go to --work; a re-run reuses finished IDs, models and
 evaluations.
 
+With `--item-id-embedding METHODS` the recommender is also trained, for those ID kinds, with item ID
+embeddings (setting `item_id_embedding`: a learned per-item embedding, left out of a token with
+probability `item_id_dropout`, absent for cold items), in rows of their own (model "item-token
+recommender + item ID embedding"), so the figure's source is known.
+
     nice -n 10 python benchmarks/bench_recommendation.py --ids-methods rqvae,hc --ids-dir /work/runs-shared
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +52,9 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", help="Recommender preset (training/configs/recommender-*.toml).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Recommender setting overrides, e.g. --set max_epochs=10")
+    parser.add_argument("--item-id-embedding", default="", metavar="METHODS",
+                        help="ID kinds (comma-separated) for which the recommender is also trained with item ID "
+                             "embeddings (rows of their own).")
     parser.add_argument("--baselines", default="sasrec,popularity", help="Baselines to run ('' for none).")
     parser.add_argument("--sasrec-seconds", type=float, default=900.0, help="SASRec's training time budget.")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-recommendation"))
@@ -71,6 +80,9 @@ def main() -> None:
     sequences = args.sequences or BEAUTY_SEQUENCES
     settings = load_config(RecommenderSettings, preset_path("recommender", args.preset), args.overrides)
     methods = [m.strip() for m in args.ids_methods.split(",") if m.strip()]
+    item_id_methods = {m.strip() for m in args.item_id_embedding.split(",") if m.strip()}
+    if item_id_methods - set(methods):
+        parser.error(f"--item-id-embedding names {sorted(item_id_methods - set(methods))}, not among --ids-methods")
     # every ID kind may take an exception in --ids-preset, whether or not this run learns it
     presets = ids_presets_for(args.ids_preset, sorted({*methods, "lmindexer", "rqvae", "hc"}))
     ids_overrides = ids_overrides_for(args.ids_overrides, methods)
@@ -92,32 +104,37 @@ def main() -> None:
             learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=presets[method],
                       overrides=ids_overrides.get(method, ()), overwrite=True)
             learn_seconds = round(time.perf_counter() - t0, 1)
-        model_dir = work / f"recommender-{method}"
-        if not (model_dir / RECORD_FILE).is_file():  # written once training has finished: a re-run reuses it
-            fit(items, sequences, ids_dir, settings, model_dir, progress=False)
-        record = json.loads((model_dir / RECORD_FILE).read_text())
-        metrics_path = model_dir / "eval" / "metrics.json"
-        if metrics_path.is_file() and "test" in json.loads(metrics_path.read_text()):
-            evaluation = json.loads(metrics_path.read_text())  # a re-run reuses the finished evaluation
-        else:
-            evaluation = evaluate_model(model_dir, ("valid", "test"))
-        details[method] = {"ids_dir": str(ids_dir), "learn_ids_seconds": learn_seconds,
-                           "training": {k: v for k, v in record["training"].items() if k != "history"},
-                           "history": record["training"]["history"], "hybrid_weight": evaluation["hybrid_weight"],
-                           "valid_ndcg@10_by_hybrid_weight": evaluation["valid_ndcg@10_by_hybrid_weight"],
-                           "beam_recall_test": evaluation["test"]["beam_recall"],
-                           "dense_head_test": evaluation["test"]["all"]["dense"],
-                           "load_average_during_training": record["machine"]["load_average_1_5_15min"],
-                           "evaluation_seconds": evaluation["seconds"]}
-        for ranking in ("generative", "hybrid"):
-            cold = evaluation["test"]["cold"]
-            rows.append({"model": "item-token recommender", "ids": method, "ranking": ranking,
-                         "users": evaluation["users"], "test": evaluation["test"]["all"][ranking],
-                         "valid": evaluation["valid"]["all"][ranking], "train_seconds": record["train_seconds"],
-                         "cold_start": {"users": evaluation["test"]["cold_users"],
-                                        "test": cold[ranking] if cold else None},
-                         "warm": {"users": evaluation["test"]["warm_users"],
-                                  "test": evaluation["test"]["warm"][ranking]}})
+        for with_item_ids in (False, True) if method in item_id_methods else (False,):
+            variant = dataclasses.replace(settings, item_id_embedding=True) if with_item_ids else settings
+            name = f"{method}+item-ids" if with_item_ids else method
+            model_dir = work / (f"recommender-{method}-item-ids" if with_item_ids else f"recommender-{method}")
+            if not (model_dir / RECORD_FILE).is_file():  # written once training has finished: a re-run reuses it
+                fit(items, sequences, ids_dir, variant, model_dir, progress=False)
+            record = json.loads((model_dir / RECORD_FILE).read_text())
+            metrics_path = model_dir / "eval" / "metrics.json"
+            if metrics_path.is_file() and "test" in json.loads(metrics_path.read_text()):
+                evaluation = json.loads(metrics_path.read_text())  # a re-run reuses the finished evaluation
+            else:
+                evaluation = evaluate_model(model_dir, ("valid", "test"))
+            details[name] = {"ids_dir": str(ids_dir), "learn_ids_seconds": learn_seconds,
+                             "item_id_embedding": with_item_ids,
+                             "training": {k: v for k, v in record["training"].items() if k != "history"},
+                             "history": record["training"]["history"], "hybrid_weight": evaluation["hybrid_weight"],
+                             "valid_ndcg@10_by_hybrid_weight": evaluation["valid_ndcg@10_by_hybrid_weight"],
+                             "beam_recall_test": evaluation["test"]["beam_recall"],
+                             "dense_head_test": evaluation["test"]["all"]["dense"],
+                             "load_average_during_training": record["machine"]["load_average_1_5_15min"],
+                             "evaluation_seconds": evaluation["seconds"]}
+            model = "item-token recommender + item ID embedding" if with_item_ids else "item-token recommender"
+            for ranking in ("generative", "hybrid"):
+                cold = evaluation["test"]["cold"]
+                rows.append({"model": model, "ids": method, "ranking": ranking,
+                             "users": evaluation["users"], "test": evaluation["test"]["all"][ranking],
+                             "valid": evaluation["valid"]["all"][ranking], "train_seconds": record["train_seconds"],
+                             "cold_start": {"users": evaluation["test"]["cold_users"],
+                                            "test": cold[ranking] if cold else None},
+                             "warm": {"users": evaluation["test"]["warm_users"],
+                                      "test": evaluation["test"]["warm"][ranking]}})
 
     data = RecData.from_dataset(dataset)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
@@ -158,7 +175,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for row in rows:
-        print(f"{row['model']:28s} {row['ids']!s:10s} {row['ranking']:14s} "
+        print(f"{row['model']:44s} {row['ids']!s:10s} {row['ranking']:14s} "
               + "  ".join(f"{k} {v:.4f}" for k, v in row["test"].items()))
     print(f"wrote {args.out} ({report['wall_time_s']:.0f} s)")
 
