@@ -461,6 +461,12 @@ def cranfield_query_split(query_ids: Sequence[str], seed: int = CRANFIELD_SPLIT_
         raise ValueError("query ids must be unique")
     if sum(sizes.values()) != len(ids):
         raise ValueError(f"split sizes {sizes} do not add up to the {len(ids)} queries")
+    return _shuffle_and_cut(ids, seed, sizes)
+
+
+def _shuffle_and_cut(ids: Sequence[str], seed: int, sizes: Mapping[str, int]) -> dict[str, list[str]]:
+    """`ids` (sorted) shuffled by `random.Random(seed)`, cut into parts of `sizes` in order; each part in
+    the sorted order."""
     shuffled = list(ids)
     random.Random(seed).shuffle(shuffled)
     parts: dict[str, list[str]] = {}
@@ -502,15 +508,7 @@ def smart_query_split(query_ids: Sequence[str], seed: int = SMART_SPLIT_SEED,
     empty = [name for name, size in sizes.items() if size == 0]
     if empty:
         raise ValueError(f"{len(ids)} queries are too few to split by {fractions}: {', '.join(empty)} would be empty")
-    shuffled = list(ids)
-    random.Random(seed).shuffle(shuffled)
-    parts: dict[str, list[str]] = {}
-    start = 0
-    for name, count in sizes.items():
-        chosen = set(shuffled[start:start + count])
-        parts[name] = [q for q in ids if q in chosen]
-        start += count
-    return parts
+    return _shuffle_and_cut(ids, seed, sizes)
 
 
 def collection_query_split(collection: SmartCollection) -> tuple[dict[str, list[str]], str]:
