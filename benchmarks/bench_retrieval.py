@@ -7,6 +7,10 @@
 - cold-start figures: relevance judgments on the 5% of documents held out of fine-tuning;
 - per-query latency at beam 20, torch vs onnxruntime, on the CPU.
 
+`rows`: one per (model, ID kind, search mode): {"model", "ids", "mode" (generative | hybrid, the
+hybrid weight chosen on dev), "test", "dev", "train_seconds", "default" (the mode better on dev)},
+and BM25 and dense as rows of their own (mode = their name; dev not run).
+
 nDCG@10 (graded gains), Recall@10 and MRR@10 with training.metrics. Without a GPU this runs a
 reduced CPU preset, labelled in the JSON. Work files go to --work; re-running resumes.
 
@@ -104,8 +108,15 @@ def main() -> None:
     test_queries = len(task.eval_sets["test"].query_ids)
     benchmark = (f"{task.name} retrieval ({data_dir}), test split ({test_queries} queries; {task.split_rule})"
                  if task.name != "cranfield" else "cranfield retrieval, fixed test split (75 queries, seed 20240721)")
+    # one row per (model, ID kind, mode); the baselines as rows of their own (mode = their name)
+    rows = [{"model": "generative retrieval", "ids": m, "mode": mode, "test": figures["test"], "dev": figures["dev"],
+             "train_seconds": generative[m]["seconds"]["finetune"], "default": mode == generative[m]["default_mode"]}
+            for m in methods for mode, figures in generative[m]["modes"].items()]
+    rows += [{"model": b, "ids": None, "mode": b, "test": {k: baselines[b][k] for k in metrics}, "dev": None,
+              "train_seconds": 0.0, "source": baseline_sources[b]} for b in baselines]
     report = {
         "benchmark": benchmark,
+        "rows": rows,
         "preset": "cpu-reduced" if args.finetune_preset != "paper" else "paper",
         "reduced": {"learn_ids_preset": args.ids_preset, "finetune_preset": args.finetune_preset,
                     "finetune_steps": config.steps, "why": "no GPU in this session; 2 shared CPU cores"},
@@ -127,8 +138,9 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    for name, figures in report["metrics_test"].items():
-        print(f"{name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    for row in rows:
+        print(f"{row['model']:22s} {row['ids']!s:10s} {row['mode']:10s} "
+              + "  ".join(f"{k} {v:.4f}" for k, v in row["test"].items()))
     print(f"wrote {out} ({report['wall_time_s']:.0f} s)")
 
 

@@ -443,6 +443,17 @@ def ids_overrides_for(specs: Sequence[str], methods: Sequence[str]) -> dict[str,
     return overrides
 
 
+def _mode_figures(split_metrics: Mapping[str, Any] | None, mode: str) -> dict[str, float] | None:
+    """One search mode's figures in an evaluation's split record (`evaluate_task`): the beam's ranking under
+    "all" for generative, under "hybrid"/"all" for hybrid; None when that split or mode was not evaluated."""
+    if not split_metrics:
+        return None
+    if mode == "generative":
+        return dict(split_metrics["all"])
+    hybrid = split_metrics.get("hybrid")
+    return dict(hybrid["all"]) if hybrid else None
+
+
 def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_presets: Mapping[str, str],
                        ids_overrides: Mapping[str, Sequence[str]], config: FinetuneConfig,
                        split: str = "test", latency_queries: int = 30, progress: bool = True,
@@ -492,6 +503,11 @@ def compare_id_methods(task: Task, work: Path, methods: Sequence[str], ids_prese
             "warm": evaluation[split]["warm"], "cold_start": evaluation[split]["cold"],
             "cold_start_queries": evaluation[split]["cold_queries"], "cold_start_assignment": evaluation["cold_start"],
             "only_valid_ids": evaluation[split]["valid_ids"],
+            # each search mode's figures on this split and on the dev split ("valid"), where evaluated
+            "modes": {mode: {"test": _mode_figures(evaluation.get(split), mode),
+                             "dev": _mode_figures(evaluation.get("valid"), mode)}
+                      for mode in ("generative", "hybrid") if _mode_figures(evaluation.get(split), mode) is not None},
+            "default_mode": evaluation.get("default_mode"), "hybrid_weight": evaluation.get("hybrid_weight"),
             "finetune_steps": finetune_record["training"]["steps"],
             "finetune_examples": finetune_record["training"]["examples"],
             "finetune_loss_first_last20": [finetune_record["training"]["losses"][0],
