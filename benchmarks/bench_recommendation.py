@@ -16,10 +16,11 @@ is measured under the same protocol. Metrics:
 1 / log2(rank + 1)). Work files go to --work; a re-run reuses finished IDs, models and
 evaluations.
 
-With `--item-id-embedding METHODS` the recommender is also trained, for those ID kinds, with item ID
-embeddings (setting `item_id_embedding`: a learned per-item embedding, left out of a token with
-probability `item_id_dropout`, absent for cold items), in rows of their own (model "item-token
-recommender + item ID embedding"), so the figure's source is known.
+With `--item-id-embedding METHODS` the recommender is trained, for those ID kinds, both without and
+with item ID embeddings (setting `item_id_embedding`: a learned per-item embedding, left out of a token
+with probability `item_id_dropout`, absent for cold items), in rows of their own (model "item-token
+recommender + item ID embedding"), so the figure's source is known; the other ID kinds follow the
+preset (`--set item_id_embedding=false` to turn it off).
 
     nice -n 10 python benchmarks/bench_recommendation.py --ids-methods rqvae,hc --ids-dir /work/runs-shared
 """
@@ -104,8 +105,8 @@ def main() -> None:
             learn_ids(corpus=corpus, method=method, out_dir=ids_dir, preset=presets[method],
                       overrides=ids_overrides.get(method, ()), overwrite=True)
             learn_seconds = round(time.perf_counter() - t0, 1)
-        for with_item_ids in (False, True) if method in item_id_methods else (False,):
-            variant = dataclasses.replace(settings, item_id_embedding=True) if with_item_ids else settings
+        for with_item_ids in (False, True) if method in item_id_methods else (settings.item_id_embedding,):
+            variant = dataclasses.replace(settings, item_id_embedding=with_item_ids)
             name = f"{method}+item-ids" if with_item_ids else method
             model_dir = work / (f"recommender-{method}-item-ids" if with_item_ids else f"recommender-{method}")
             if not (model_dir / RECORD_FILE).is_file():  # written once training has finished: a re-run reuses it
