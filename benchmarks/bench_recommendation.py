@@ -175,10 +175,38 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot = write_plot(report, args.out.with_suffix(".png"))
     for row in rows:
         print(f"{row['model']:44s} {row['ids']!s:10s} {row['ranking']:14s} "
               + "  ".join(f"{k} {v:.4f}" for k, v in row["test"].items()))
-    print(f"wrote {args.out} ({report['wall_time_s']:.0f} s)")
+    print(f"wrote {args.out}{f' and {plot}' if plot else ''} ({report['wall_time_s']:.0f} s)")
+
+
+def write_plot(report: dict, path: Path) -> Path | None:
+    """Grouped bars of each row's test Recall@10 and NDCG@10, TIGER's published figures as dashed lines;
+    None (and no file) without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    rows = report["rows"]
+    labels = [f"{r['model'].replace('item-token recommender', 'item-token')}\n{r['ids'] or ''} {r['ranking']}"
+              for r in rows]
+    figure = Figure(figsize=(9, 1.2 + 0.45 * len(rows)))
+    axes = figure.add_subplot()
+    for offset, (metric, colour) in enumerate((("recall@10", "tab:blue"), ("ndcg@10", "tab:orange"))):
+        axes.barh([i + 0.4 * offset for i in range(len(rows))], [r["test"][metric] for r in rows], height=0.4,
+                  color=colour, label=f"test {metric}")
+        axes.axvline(TIGER[metric], color=colour, linestyle="--", linewidth=1, label=f"TIGER {metric} (paper)")
+    axes.set_yticks([i + 0.2 for i in range(len(rows))], labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("full test set, one target per user")
+    axes.set_title(f"Sequential recommendation, {report['num_users']:,} users, {report['num_items']:,} items",
+                   fontsize=9)
+    axes.legend(loc="lower right", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path
 
 
 if __name__ == "__main__":
