@@ -10,7 +10,7 @@ import torch
 from training.errors import ConfigError
 from training.indexing.lmindexer import LMIndexer, LMIndexerConfig
 from training.indexing.lmindexer.encoder_states import pad_rows
-from training.indexing.lmindexer.schedule import prefix_residuals
+from training.indexing.lmindexer.schedule import distinct_within_prefix, prefix_residuals
 
 D = 384  # all-MiniLM-L6-v2's width
 CONFIG = LMIndexerConfig(
@@ -144,3 +144,26 @@ def test_logit_temperature_scales_with_the_encoder_width(indexer):
     assert indexer.model.logit_temperature == pytest.approx(CONFIG.tau * np.sqrt(D))
 
 
+
+
+def test_distinct_within_prefix_gives_siblings_distinct_codes_by_an_optimal_assignment():
+    prefixes = np.array([[0], [0], [0], [1], [1], [2]])
+    logits = np.array([
+        [5.0, 4.0, 0.0],  # prefix 0: every document's argmax is code 0
+        [5.0, 0.0, 1.0],
+        [4.0, 3.5, 0.0],
+        [1.0, 2.0, 0.0],  # prefix 1: both documents' argmax is code 1
+        [0.0, 3.0, 2.5],
+        [0.0, 0.0, 9.0],  # alone under its prefix: keeps its argmax
+    ])
+    codes = distinct_within_prefix(prefixes, logits)
+    # prefix 0: of the 6 permutations the best total is 5 + 1 + 3.5 = 9.5 (codes 0, 2, 1)
+    assert codes[:3].tolist() == [0, 2, 1]
+    # prefix 1: 2 + 2.5 = 4.5 beats 1 + 3 = 4 (codes 0, 1) and every other pair
+    assert codes[3:5].tolist() == [1, 2]
+    assert codes[5] == 2
+    # a group larger than K: each code taken at most ceil(g / K) times
+    many = distinct_within_prefix(np.zeros((7, 1), dtype=int), np.random.default_rng(0).normal(size=(7, 3)))
+    assert np.bincount(many, minlength=3).max() <= 3
+    with pytest.raises(ConfigError, match="consolidate_epochs"):
+        LMIndexerConfig(last_level_assignment="distinct", consolidate_epochs=0)

@@ -65,6 +65,14 @@ class LMIndexerConfig:
                 "codebooks learn the whole ID table by teacher-forced CE on every level's codes (L_commitment on "
                 "all levels; no reconstructor, cached encoder states), so the final network's greedy codes, which "
                 "the table is re-assigned to, reproduce the codes each level chose."})
+    last_level_assignment: Literal["argmax", "distinct"] = field(default="argmax", metadata={
+        "help": "How the last learned level's codes are assigned before consolidation. 'argmax': each document's "
+                "best code. 'distinct': within each prefix of the earlier levels, the documents get distinct codes "
+                "maximising their summed logits (an optimal assignment, scipy's linear_sum_assignment; "
+                "ceil(group / K) documents per code when a group outgrows K), so documents sharing a prefix are "
+                "told apart by a learned code rather than the counter; consolidation then teaches the network this "
+                "table, which greedy re-assignment reproduces. Needs consolidate_epochs > 0; with one learned level "
+                "(no earlier prefix) it changes nothing."})
     consolidate_tau: float = field(default=1.0, metadata={
         "help": "Temperature of the consolidation CE on the scaled logits h . e / sqrt(d) (smaller: larger margins)."})
     consolidate_lr: float = field(default=0.0, metadata={
@@ -125,6 +133,9 @@ class LMIndexerConfig:
             raise ConfigError("tau, consolidate_tau and contrastive_temperature must be > 0")
         if self.consolidate_epochs < 0 or self.consolidate_lr < 0:
             raise ConfigError("consolidate_epochs and consolidate_lr must be >= 0")
+        if self.last_level_assignment == "distinct" and not self.consolidate_epochs:
+            raise ConfigError("last_level_assignment = 'distinct' needs consolidate_epochs > 0 (the network must "
+                              "learn the table it did not choose by argmax)")
         if self.agreement_documents < 0:
             raise ConfigError("agreement_documents must be >= 0")
         if self.group_size < 1 or self.batch_size < 2:

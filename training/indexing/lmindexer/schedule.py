@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_mutual_info_score
 from threadpoolctl import threadpool_limits
@@ -347,11 +348,14 @@ class LMIndexer:
         return same / max(1, len(rows))
 
     @torch.no_grad()
+    def level_logits(self, level: int) -> np.ndarray:
+        """(N, K) logits h^level . E^level of every document at `level` (earlier codes teacher-forced)."""
+        hidden = torch.from_numpy(self.hidden_states(level)).to(self.device)
+        return self.network.level_logits(hidden, level).cpu().numpy()
+
     def assign(self, level: int) -> np.ndarray:
         """c_level = argmax h^level . E^level for every document."""
-        hidden = torch.from_numpy(self.hidden_states(level)).to(self.device)
-        logits = self.network.level_logits(hidden, level)
-        return logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
+        return self.level_logits(level).argmax(axis=-1).astype(np.int64)
 
     def run(self) -> dict[str, Any]:
         """The whole schedule; fills self.codes and self.diagnostics."""
@@ -376,6 +380,10 @@ class LMIndexer:
                 level_record.update(self.init_codebook(level))
             self.diagnostics["stages"].append(self.run_stage(full, config.per_level(config.full_epochs, level)))
             self.codes[:, level] = self.assign(level)
+            if level == config.num_levels - 1 and level > 0 and config.last_level_assignment == "distinct":
+                before = self.codes[:, level].copy()
+                self.codes[:, level] = distinct_within_prefix(self.codes[:, :level], self.level_logits(level))
+                level_record["distinct_assignment_changed"] = float((before != self.codes[:, level]).mean())
             level_record.update(self._level_figures(level, full))
             self.diagnostics["levels"].append(level_record)
             logger.info("level %d: %s", level, level_record)
@@ -441,6 +449,26 @@ class LMIndexer:
         if self.item_vectors is not None:
             payload[RECORD_KEY] = self.item_vectors
         (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(payload, indent=2, default=_json_default))
+
+
+def distinct_within_prefix(prefixes: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Codes (N,) for one level: within each group of documents with equal `prefixes` (N, l) rows, an optimal
+    assignment of the level's K codes maximising the summed `logits` (N, K), each code taken by at most
+    ceil(group / K) documents (so distinct codes while the group has at most K documents). Deterministic:
+    groups in the order of their first document, scipy.optimize.linear_sum_assignment within a group."""
+    codes = np.asarray(logits).argmax(axis=1).astype(np.int64)
+    _, group_of = np.unique(np.asarray(prefixes).reshape(len(codes), -1), axis=0, return_inverse=True)
+    order = np.argsort(group_of.reshape(-1), kind="stable")
+    bounds = np.flatnonzero(np.diff(group_of.reshape(-1)[order])) + 1
+    num_codes = logits.shape[1]
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            continue
+        copies = -(-len(members) // num_codes)  # ceil: each code offered this many times
+        cost = -np.tile(np.asarray(logits[members], dtype=np.float64), (1, copies))  # (g, K * copies)
+        rows, columns = linear_sum_assignment(cost)
+        codes[members[rows]] = columns % num_codes
+    return codes
 
 
 def prefix_residuals(data: np.ndarray, prefixes: np.ndarray, earlier_codebooks: np.ndarray,
