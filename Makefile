@@ -23,9 +23,11 @@ install: $(VENV)/.installed
 
 # Build the demo bundle once (the whole vendored Beauty catalogue, preset quick), then serve it. The build runs in
 # cached stages under $(DEMO_BUNDLE).work/: an interrupted build continues where it stopped when make run is
-# called again (training/downstream/demo.py).
+# called again (training/downstream/demo.py). A bundle of an older format (made before an upgrade) is rebuilt.
 run: $(VENV)/.installed
-	@test -f $(DEMO_BUNDLE)/manifest.json || $(BIN)/lmindexer build-demo --out $(DEMO_BUNDLE)
+	@$(BIN)/python -c "import json, sys, bundle; \
+	  sys.exit(json.load(open('$(DEMO_BUNDLE)/manifest.json')).get('format_version') != bundle.FORMAT_VERSION)" \
+	  2>/dev/null || $(BIN)/lmindexer build-demo --overwrite --out $(DEMO_BUNDLE)
 	$(BIN)/lmindexer serve --bundle $(DEMO_BUNDLE)
 
 bundle: $(VENV)/.installed
