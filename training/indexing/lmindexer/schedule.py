@@ -379,11 +379,12 @@ class LMIndexer:
             else:
                 level_record.update(self.init_codebook(level))
             self.diagnostics["stages"].append(self.run_stage(full, config.per_level(config.full_epochs, level)))
-            self.codes[:, level] = self.assign(level)
+            logits = self.level_logits(level)  # (N, K): one pass over the corpus serves both assignments
+            self.codes[:, level] = logits.argmax(axis=-1)
             if level == config.num_levels - 1 and level > 0 and config.last_level_assignment == "distinct":
-                before = self.codes[:, level].copy()
-                self.codes[:, level] = distinct_within_prefix(self.codes[:, :level], self.level_logits(level))
-                level_record["distinct_assignment_changed"] = float((before != self.codes[:, level]).mean())
+                distinct = distinct_within_prefix(self.codes[:, :level], logits)
+                level_record["distinct_assignment_changed"] = float((distinct != self.codes[:, level]).mean())
+                self.codes[:, level] = distinct
             level_record.update(self._level_figures(level, full))
             self.diagnostics["levels"].append(level_record)
             logger.info("level %d: %s", level, level_record)
@@ -458,8 +459,9 @@ def distinct_within_prefix(prefixes: np.ndarray, logits: np.ndarray) -> np.ndarr
     groups in the order of their first document, scipy.optimize.linear_sum_assignment within a group."""
     codes = np.asarray(logits).argmax(axis=1).astype(np.int64)
     _, group_of = np.unique(np.asarray(prefixes).reshape(len(codes), -1), axis=0, return_inverse=True)
-    order = np.argsort(group_of.reshape(-1), kind="stable")
-    bounds = np.flatnonzero(np.diff(group_of.reshape(-1)[order])) + 1
+    group_of = group_of.reshape(-1)  # (N,) group index (numpy 2 may return it with the input's rank)
+    order = np.argsort(group_of, kind="stable")
+    bounds = np.flatnonzero(np.diff(group_of[order])) + 1
     num_codes = logits.shape[1]
     for members in np.split(order, bounds):
         if len(members) < 2:
